@@ -1,0 +1,220 @@
+"""The ConvNet of the trajectory-matching literature as pure ``init``/``apply`` functions.
+
+``ConvNet(width=128, depth=3, norm=instancenorm, act=relu, pool=avgpool)``: each block is
+conv 3x3 (stride 1, padding 1, bias) -> instance norm (affine) -> activation -> 2x2 pooling;
+then flatten -> dense. Parameters are a nested dict pytree::
+
+    {'conv0': {'w': [3, 3, C_in, width], 'b': [width]},
+     'norm0': {'scale': [width], 'bias': [width]},
+     ...
+     'dense': {'w': [features, num_classes], 'b': [num_classes]}}
+
+Initialisation follows PyTorch's defaults, which the reference learning rates were tuned for:
+weights and biases uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], norm scale 1 and shift 0.
+
+The convolution is :func:`conv3x3`, a ``jax.custom_vjp`` whose backward pass is expressed
+with the same forward convolution (input gradient) and an im2col matrix product (weight
+gradient). Trajectory matching differentiates *through* SGD steps, i.e. takes second-order
+derivatives of the convolution; with plain ``lax.conv_general_dilated`` those lower to
+convolution forms (batch-as-feature "backprop-filter" convolutions) that XLA:CPU executes on
+a very slow path. With the custom rule every derivative order is again a forward
+convolution, a matrix product or a slice, which are fast on every backend. It is verified
+against ``lax.conv_general_dilated`` in value, gradient and second derivative (float64) in
+``tests/test_models.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Params = dict[str, Any]
+
+NORMS = ('instancenorm', 'none')
+ACTIVATIONS = {'relu': jax.nn.relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, 0.01),
+               'sigmoid': jax.nn.sigmoid}
+POOLS = ('avgpool', 'maxpool', 'none')
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+INSTANCE_NORM_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def _plain_conv(x, w):
+    """3x3, stride 1, 'SAME' convolution: x [B, H, W, Ci], w [3, 3, Ci, Co] -> [B, H, W, Co]."""
+    return lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=_DIMS)
+
+
+def _patches(x):
+    """im2col for a 3x3 'SAME' window: [B, H, W, C] -> [B, H, W, 9 * C], (dy, dx, c) order.
+
+    Built from slices of the zero-padded input, so its derivatives are pads and slices.
+    """
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate(
+        [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], axis=-1)
+
+
+@jax.custom_vjp
+def conv3x3(x, w):
+    """3x3 'SAME' convolution with fast derivatives of every order.
+
+    Args:
+      x: [B, H, W, C_in] images.
+      w: [3, 3, C_in, C_out] kernel (cross-correlation, as in PyTorch and ``lax``).
+    Returns:
+      [B, H, W, C_out].
+    """
+    return _plain_conv(x, w)
+
+
+def _conv3x3_fwd(x, w):
+    return _plain_conv(x, w), (x, w)
+
+
+def _conv3x3_bwd(res, g):
+    x, w = res
+    # Input gradient: the transposed convolution is a forward 'SAME' convolution with the
+    # spatially flipped kernel and in/out channels swapped. Calling conv3x3 (not lax) keeps
+    # the next derivative order on this same fast rule.
+    w_t = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)
+    dx = conv3x3(g, w_t)
+    # Weight gradient: im2col matrix product instead of a batch-as-feature convolution.
+    ci, co = w.shape[2], w.shape[3]
+    dw = jnp.einsum('bhwk,bhwo->ko', _patches(x), g).reshape(3, 3, ci, co)
+    return dx, dw
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+# ----------------------------------------------------------------------------- layers
+
+def instance_norm(x, scale, bias, eps=INSTANCE_NORM_EPS):
+    """Per-sample, per-channel normalisation over H and W (biased variance), then affine.
+
+    x: [B, H, W, C]; scale, bias: [C]. Equals PyTorch's ``GroupNorm(C, C)`` used by the
+    reference ConvNet for ``instancenorm``.
+    """
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps) * scale + bias
+
+
+def pool2x2(x, kind='avgpool'):
+    """2x2, stride 2 pooling; odd trailing rows/columns are dropped (PyTorch's floor mode).
+
+    Written as a reshape and a reduction so that its derivatives are broadcasts rather than
+    strided window operations.
+    """
+    if kind == 'none':
+        return x
+    b, h, w, c = x.shape
+    x = x[:, :h // 2 * 2, :w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.mean(axis=(2, 4)) if kind == 'avgpool' else x.max(axis=(2, 4))
+
+
+def _uniform(key, shape, fan_in, dtype):
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# ----------------------------------------------------------------------------- the network
+
+def _check(norm, act, pool):
+    if norm not in NORMS:
+        raise ValueError(f'Unknown norm {norm!r}; choose one of {NORMS}.')
+    if act not in ACTIVATIONS:
+        raise ValueError(f'Unknown activation {act!r}; choose one of {tuple(ACTIVATIONS)}.')
+    if pool not in POOLS:
+        raise ValueError(f'Unknown pooling {pool!r}; choose one of {POOLS}.')
+
+
+def init(key, input_shape, num_classes, width=128, depth=3, norm='instancenorm',
+         pool='avgpool', dtype=jnp.float32) -> Params:
+    """Draws fresh ConvNet parameters.
+
+    Args:
+      key: PRNG key.
+      input_shape: (H, W, C) of one image.
+      num_classes: size of the output layer.
+      width: channels of every conv block.
+      depth: number of conv blocks (3 for 32 px, 4 for 64 px Tiny ImageNet, 5 for 128 px).
+      norm: 'instancenorm' or 'none'.
+      pool: 'avgpool', 'maxpool' or 'none' (decides the flattened feature size).
+    Returns:
+      The parameter dict described in the module docstring.
+    """
+    _check(norm, 'relu', pool)
+    h, w, c = input_shape
+    if depth < 1 or width < 1:
+        raise ValueError(f'ConvNet needs depth >= 1 and width >= 1, got depth={depth}, '
+                         f'width={width}.')
+    params = {}
+    keys = jax.random.split(key, 2 * depth + 2)
+    for i in range(depth):
+        fan_in = 9 * c
+        params[f'conv{i}'] = {'w': _uniform(keys[2 * i], (3, 3, c, width), fan_in, dtype),
+                              'b': _uniform(keys[2 * i + 1], (width,), fan_in, dtype)}
+        if norm == 'instancenorm':
+            params[f'norm{i}'] = {'scale': jnp.ones((width,), dtype),
+                                  'bias': jnp.zeros((width,), dtype)}
+        c = width
+        if pool != 'none':
+            if h < 2 or w < 2:
+                raise ValueError(f'Input {input_shape} is too small for depth {depth}: '
+                                 f'block {i} would pool a {h}x{w} map; use a smaller depth.')
+            h, w = h // 2, w // 2
+    features = h * w * c
+    params['dense'] = {'w': _uniform(keys[-2], (features, num_classes), features, dtype),
+                       'b': _uniform(keys[-1], (num_classes,), features, dtype)}
+    return params
+
+
+def apply(params: Params, x, act='relu', pool='avgpool'):
+    """ConvNet forward pass.
+
+    Depth and normalisation are read from the parameter dict, so only the activation and
+    pooling (static choices with no parameters) are arguments.
+
+    Args:
+      params: from :func:`init`.
+      x: [B, H, W, C] images.
+    Returns:
+      [B, num_classes] logits.
+    """
+    _check('none', act, pool)
+    f = ACTIVATIONS[act]
+    depth = sum(1 for k in params if k.startswith('conv'))
+    for i in range(depth):
+        x = conv3x3(x, params[f'conv{i}']['w']) + params[f'conv{i}']['b']
+        if f'norm{i}' in params:
+            x = instance_norm(x, params[f'norm{i}']['scale'], params[f'norm{i}']['bias'])
+        x = pool2x2(f(x), pool)
+    x = x.reshape(x.shape[0], -1)
+    return x @ params['dense']['w'] + params['dense']['b']
+
+
+class Model(NamedTuple):
+    """An ``(init, apply)`` pair with the architecture choices bound."""
+    init: Callable[..., Params]   # init(key) -> params
+    apply: Callable[..., Any]     # apply(params, x) -> logits
+
+
+def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', act='relu',
+            pool='avgpool') -> Model:
+    """Binds the architecture: ``m = convnet(...); p = m.init(key); logits = m.apply(p, x)``."""
+    _check(norm, act, pool)
+    return Model(
+        init=lambda key: init(key, input_shape, num_classes, width, depth, norm, pool),
+        apply=lambda params, x: apply(params, x, act, pool))
+
+
+def num_params(params: Params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(params))

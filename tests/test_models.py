@@ -1,0 +1,152 @@
+"""ConvNet: exact parameter counts, forward pass against a float64 NumPy loop, and the
+custom-VJP convolution against lax in value, gradient and second derivative."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mct_jax import models
+
+
+@pytest.mark.parametrize('shape,classes,depth,expected', [
+    ((32, 32, 3), 10, 3, 320_010),    # CIFAR-10
+    ((32, 32, 3), 100, 3, 504_420),   # CIFAR-100
+    ((64, 64, 3), 200, 4, 857_160),   # Tiny ImageNet, ConvNetD4
+])
+def test_exact_parameter_counts(shape, classes, depth, expected):
+    params = jax.eval_shape(lambda k: models.init(k, shape, classes, 128, depth),
+                            jax.random.key(0))
+    assert models.num_params(params) == expected
+
+
+def test_depth5_at_128px_and_no_norm():
+    params = jax.eval_shape(lambda k: models.init(k, (128, 128, 3), 10, 128, 5),
+                            jax.random.key(0))
+    assert params['dense']['w'].shape == (4 * 4 * 128, 10)
+    p = jax.eval_shape(lambda k: models.init(k, (32, 32, 3), 10, 128, 3, norm='none'),
+                       jax.random.key(0))
+    assert models.num_params(p) == 320_010 - 3 * 256
+
+
+def test_init_distribution(key):
+    p = models.init(key, (32, 32, 3), 10, 64, 3)
+    for name, fan_in in [('conv0', 27), ('conv1', 576), ('dense', 4 * 4 * 64)]:
+        bound = 1 / np.sqrt(fan_in)
+        w = np.asarray(p[name]['w'])
+        assert np.abs(w).max() <= bound
+        # uniform on [-b, b]: std b/sqrt(3)
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.1 * bound
+    np.testing.assert_array_equal(p['norm0']['scale'], 1)
+    np.testing.assert_array_equal(p['norm0']['bias'], 0)
+
+
+def _numpy_convnet(params, x):
+    """Independent float64 reference: explicit loops over the 3x3 window."""
+    x = np.asarray(x, np.float64)
+    depth = sum(1 for k in params if k.startswith('conv'))
+    for i in range(depth):
+        w = np.asarray(params[f'conv{i}']['w'], np.float64)
+        b = np.asarray(params[f'conv{i}']['b'], np.float64)
+        n, h, wd, _ = x.shape
+        xp = np.zeros((n, h + 2, wd + 2, x.shape[3]))
+        xp[:, 1:-1, 1:-1] = x
+        y = np.zeros((n, h, wd, w.shape[3])) + b
+        for dy in range(3):
+            for dx in range(3):
+                y += np.einsum('nhwc,co->nhwo', xp[:, dy:dy + h, dx:dx + wd], w[dy, dx])
+        if f'norm{i}' in params:
+            mu = y.mean(axis=(1, 2), keepdims=True)
+            var = ((y - mu) ** 2).mean(axis=(1, 2), keepdims=True)
+            y = (y - mu) / np.sqrt(var + 1e-5)
+            y = y * np.asarray(params[f'norm{i}']['scale']) + np.asarray(params[f'norm{i}']['bias'])
+        y = np.maximum(y, 0)
+        y = y[:, :h // 2 * 2, :wd // 2 * 2]
+        x = 0.25 * (y[:, 0::2, 0::2] + y[:, 1::2, 0::2] + y[:, 0::2, 1::2] + y[:, 1::2, 1::2])
+    x = x.reshape(x.shape[0], -1)
+    return x @ np.asarray(params['dense']['w'], np.float64) + np.asarray(params['dense']['b'])
+
+
+@pytest.mark.parametrize('shape,depth', [((32, 32, 3), 3), ((9, 11, 1), 2)])
+def test_forward_matches_numpy_reference(key, shape, depth):
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = models.init(k1, shape, 7, 16, depth)
+    # non-trivial affine norm parameters
+    for i in range(depth):
+        params[f'norm{i}']['scale'] = 1 + 0.3 * jax.random.normal(k3, (16,))
+        params[f'norm{i}']['bias'] = 0.2 * jax.random.normal(jax.random.fold_in(k3, i), (16,))
+    x = jax.random.normal(k2, (5,) + shape)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        out = models.apply(p64, jnp.asarray(x, jnp.float64))
+    np.testing.assert_allclose(out, _numpy_convnet(params, x), rtol=1e-10, atol=1e-10)
+    out32 = models.apply(params, x)
+    np.testing.assert_allclose(out32, _numpy_convnet(params, x), rtol=1e-4, atol=1e-4)
+
+
+def _lax_conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def test_custom_conv_matches_lax_to_second_order(key):
+    """Value, gradient and a Hessian-vector-like second derivative, float64, tight."""
+    with jax.enable_x64(True):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = jax.random.normal(k1, (2, 6, 5, 3), jnp.float64)
+        w = jax.random.normal(k2, (3, 3, 3, 4), jnp.float64)
+        t = jax.random.normal(k3, (2, 6, 5, 4), jnp.float64)
+
+        def loss(conv, x, w):
+            return jnp.sum(jnp.tanh(conv(x, w)) * t)
+
+        def meta(conv, x, w):
+            # One SGD step on w, then a loss: the shape of trajectory matching's objective.
+            g = jax.grad(loss, argnums=2)(conv, x, w)
+            return loss(conv, x * 1.5, w - 0.1 * g)
+
+        for f in (loss, meta):
+            np.testing.assert_allclose(f(models.conv3x3, x, w), f(_lax_conv, x, w), rtol=1e-12)
+            ga = jax.grad(f, argnums=(1, 2))(models.conv3x3, x, w)
+            gb = jax.grad(f, argnums=(1, 2))(_lax_conv, x, w)
+            for a, b in zip(ga, gb):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_meta_gradient_through_network_matches_lax(key):
+    """Second-order gradient through the whole ConvNet with the custom conv equals the one
+    with lax's convolution (float64)."""
+    with jax.enable_x64(True):
+        params = models.init(key, (8, 8, 2), 3, 4, 2, dtype=jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (4, 8, 8, 2), jnp.float64)
+        y = jnp.array([0, 1, 2, 1])
+
+        def make_loss(conv):
+            def ce(p, x):
+                orig = models.conv3x3
+                models.conv3x3 = conv
+                try:
+                    logits = models.apply(p, x)
+                finally:
+                    models.conv3x3 = orig
+                return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+            def meta(x):
+                g = jax.grad(ce)(params, x)
+                p1 = jax.tree.map(lambda a, b: a - 0.5 * b, params, g)
+                return ce(p1, x)
+            return meta
+
+        ga = jax.grad(make_loss(models.conv3x3))(x)
+        gb = jax.grad(make_loss(_lax_conv))(x)
+        np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_settings_raise(key):
+    with pytest.raises(ValueError, match='norm'):
+        models.init(key, (32, 32, 3), 10, norm='batchnorm')
+    with pytest.raises(ValueError, match='too small'):
+        models.init(key, (4, 4, 3), 10, depth=3)
+    with pytest.raises(ValueError, match='activation'):
+        models.convnet((32, 32, 3), 10, act='gelu')
