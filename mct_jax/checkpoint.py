@@ -1,0 +1,131 @@
+"""Saving and loading: Orbax pytrees, and atomic JSON / NPZ files.
+
+Every write goes to a temporary name in the same folder and is renamed into place, so a
+crash mid-write leaves either the old file or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+from absl import logging as absl_logging
+
+
+class CheckpointError(RuntimeError):
+    """A saved file is missing, incomplete or corrupt; the message says which and what to do."""
+
+
+def _orbax():
+    # Imported lazily: Orbax pulls in TensorStore, which is slow to import and not needed by
+    # most of the library.
+    import orbax.checkpoint as ocp
+    return ocp
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Orbax logs a dozen INFO lines per save through absl; keep the user's log readable."""
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
+
+
+def save_tree(path: str, tree: Any) -> None:
+    """Writes a pytree of arrays with Orbax to the folder ``path`` (replacing it atomically).
+
+    Orbax itself writes into a temporary folder and renames it when complete; we write next
+    to ``path`` and swap, so an existing ``path`` survives until the new one is complete.
+    """
+    ocp = _orbax()
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = path + '.tmp-write'
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    with _quiet():
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(tmp, tree)
+        ckpt.wait_until_finished()
+        ckpt.close()
+    if os.path.exists(path):
+        old = path + '.tmp-old'
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+
+
+def load_tree(path: str) -> Any:
+    """Reads a pytree written by :func:`save_tree` as NumPy arrays.
+
+    Raises:
+      CheckpointError: the folder is missing, incomplete or unreadable.
+    """
+    ocp = _orbax()
+    if not os.path.isdir(path):
+        raise CheckpointError(f'No checkpoint folder at {path}.')
+    try:
+        with _quiet():
+            ckpt = ocp.StandardCheckpointer()
+            tree = ckpt.restore(os.path.abspath(path))
+            ckpt.close()
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+        raise CheckpointError(f'Checkpoint {path} is incomplete or corrupt '
+                              f'({type(e).__name__}: {e}).') from e
+    return tree
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomically writes ``obj`` as indented JSON."""
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+
+
+def read_json(path: str) -> Any:
+    """Reads a JSON file, raising :class:`CheckpointError` if it is unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'Cannot read {path}: {e}') from e
+
+
+def write_npz(path: str, **arrays) -> None:
+    """Atomically writes an uncompressed ``.npz`` archive (``np.load`` reads it)."""
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def folder_bytes(path: str) -> int:
+    """Total size in bytes of the files under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total

@@ -1,0 +1,372 @@
+"""Distillation by trajectory matching: MCT (convexified trajectories, continuous starts) and
+MTT (full trajectories, integer starts), METHOD.md section 4.
+
+``python -m mct_jax.distill [flags]`` reads experts from ``--expert_dir`` and writes to
+``--out_dir``:
+
+    synthetic.npz   latest synthetic set: images, labels, lr, images_display, settings, ...
+    best.npz        the best evaluated one (never replaced by a worse or broken set)
+    metrics.jsonl   one JSON line per iteration and per evaluation
+    checkpoint/     Orbax: the whole state; re-running the same command resumes from it
+
+The synthetic set is a pytree ``{'images': [n, H, W, C], 'lr': []}`` updated by SGD with
+momentum 0.5 (``lr_img`` and ``lr_lr``). Iteration t draws its expert and start from
+``(seed, t)`` and its rollout key from ``fold_in(key(seed), t)``, so a resumed run repeats
+an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from mct_jax import checkpoint, data, evaluate, expert, parallel, trajectory
+from mct_jax import flags as shared
+
+FLAGS = flags.FLAGS
+
+
+class Settings(NamedTuple):
+    """Distillation hyperparameters (the reference MTT names)."""
+    method: str = 'mct'
+    ipc: int = 10
+    syn_steps: int = 20
+    expert_epochs: float = 2.0
+    max_start_epoch: float = 10.0
+    batch_syn: int = 0            # 0: all synthetic images every step
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.01
+    iterations: int = 200
+    eval_every: int = 50
+    num_eval: int = 5
+    eval_epochs: int = 300
+    remat: bool = False
+    dsa: bool = True
+    beta_mode: str = 'steps'
+    start_sampling: str = 'continuous'
+    max_experts: int | None = None
+    on_fault: str = 'skip'
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def init_synthetic(key, x_train, y_train, num_classes: int, ipc: int):
+    """Real-image initialisation: ``ipc`` random training images per class.
+
+    Returns images [num_classes * ipc, H, W, C] (class-major) and labels [num_classes * ipc].
+    """
+    return evaluate.random_real_subset(key, x_train, y_train, num_classes, ipc)
+
+
+def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
+    """SGD with momentum 0.5 on the images and on the learned lr, as the reference."""
+    return optax.multi_transform({'images': optax.sgd(lr_img, momentum=0.5),
+                                  'lr': optax.sgd(lr_lr, momentum=0.5)},
+                                 {'images': 'images', 'lr': 'lr'})
+
+
+FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
+
+
+def make_update(tx: optax.GradientTransformation, device=None):
+    """Jitted ``update(syn, opt_state, grads, loss) -> (syn, opt_state, fault)``.
+
+    ``fault`` indexes :data:`FAULTS`; on a fault the old state is returned unchanged, so
+    NaN never enters the synthetic set. The outputs are placed on ``device`` (default: the
+    first local device) with a fixed single-device layout, so the state keeps one layout
+    from iteration to iteration and nothing recompiles.
+    """
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+
+    @functools.partial(jax.jit, out_shardings=sharding)
+    def update(syn, opt_state, grads, loss):
+        updates, new_opt = tx.update(grads, opt_state, syn)
+        new_syn = optax.apply_updates(syn, updates)
+        grads_finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g))
+                                          for g in jax.tree.leaves(grads)]))
+        fault = jnp.where(~jnp.isfinite(loss), 1,
+                          jnp.where(~grads_finite, 2, jnp.where(new_syn['lr'] <= 0, 3, 0)))
+        keep = fault > 0
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, b, a), new, old)
+        return pick(new_syn, syn), pick(new_opt, opt_state), fault
+    return update
+
+
+def sample_start(seed: int, iteration: int, num_experts: int, max_start: float,
+                 continuous: bool) -> tuple[int, float]:
+    """Expert index and start epoch of one iteration, a pure function of (seed, iteration).
+
+    MCT: c ~ U[0, max_start] (eq. 10 makes any real c usable); MTT: an integer in
+    [0, max_start).
+    """
+    rng = np.random.default_rng([seed, iteration])
+    e = int(rng.integers(num_experts))
+    if continuous:
+        return e, float(rng.uniform(0.0, max_start))
+    return e, float(rng.integers(max(int(max_start), 1)))
+
+
+def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: list | None,
+                   num_devices: int) -> list[str]:
+    """Every problem with the settings, each with its fix (an empty list when all is well)."""
+    problems = []
+    if s.ipc < 1:
+        problems.append(f'--ipc={s.ipc} must be at least 1.')
+    if s.syn_steps < 1:
+        problems.append(f'--syn_steps={s.syn_steps} must be at least 1.')
+    if s.expert_epochs <= 0:
+        problems.append(f'--expert_epochs={s.expert_epochs} must be positive.')
+    if s.method == 'mtt' and s.expert_epochs != int(s.expert_epochs):
+        problems.append(f'--expert_epochs={s.expert_epochs}: MTT needs a whole number of '
+                        'epochs (full trajectories are stored per epoch); use --method=mct.')
+    if s.max_start_epoch < 0 or (s.start_sampling == 'integer' and s.max_start_epoch < 1):
+        problems.append(f'--max_start_epoch={s.max_start_epoch} must be >= 0 (>= 1 for integer '
+                        'starts).')
+    if num_epochs is not None and s.max_start_epoch + s.expert_epochs > num_epochs:
+        problems.append(f'--max_start_epoch={s.max_start_epoch} + --expert_epochs='
+                        f'{s.expert_epochs} goes beyond the experts\' {num_epochs} epochs; '
+                        'lower them or train longer experts (--train_epochs).')
+    if num_images_per_class is not None:
+        small = [(c, n) for c, n in enumerate(num_images_per_class) if n < s.ipc]
+        if small:
+            problems.append(f'--ipc={s.ipc} is larger than class {small[0][0]} has '
+                            f'({small[0][1]} training images); lower --ipc or raise '
+                            '--train_images_per_class.')
+        total = s.ipc * len(num_images_per_class)
+        if s.batch_syn > total:
+            problems.append(f'--batch_syn={s.batch_syn} is larger than the synthetic set '
+                            f'({total} images); use --batch_syn=0 (all) or a smaller value.')
+        batch = s.batch_syn or total
+        if batch % num_devices:
+            problems.append(f'The student minibatch ({batch} images) must divide among '
+                            f'{num_devices} devices; change --batch_syn or --ipc.')
+    for name in ('lr_img', 'lr_lr', 'lr_teacher'):
+        if not getattr(s, name) > 0:
+            problems.append(f'--{name}={getattr(s, name)} must be positive.')
+    if s.iterations < 0 or s.eval_every < 1 or s.num_eval < 1 or s.eval_epochs < 1:
+        problems.append('--iterations must be >= 0 and --eval_every, --num_eval, '
+                        '--eval_epochs >= 1.')
+    return problems
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Distiller:
+    """Holds the compiled pieces of one distillation run; :meth:`run` does the loop."""
+
+    def __init__(self, s: Settings, model, ds: data.Dataset, trajectories: list,
+                 out_dir: str, settings_json: dict, devices=None):
+        self.s, self.model, self.ds, self.trajs = s, model, ds, trajectories
+        self.out_dir = out_dir
+        self.settings_json = settings_json
+        self.num_images = s.ipc * ds.num_classes
+        self.batch = s.batch_syn or self.num_images
+        self.meta_grad = parallel.make_meta_grad(model.apply, s.syn_steps, self.batch, s.dsa,
+                                                 s.remat, devices)
+        self.tx = make_optimizer(s.lr_img, s.lr_lr)
+        self.devices = devices or jax.local_devices()
+        self.update = make_update(self.tx, self.devices[0])
+        self.point = jax.jit(trajectory.point)
+        self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
+                                                 use_dsa=s.dsa)
+        self.key = jax.random.key(s.seed)
+        self.x_test, self.y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+
+    # -- state
+
+    def initial_state(self):
+        images, labels = init_synthetic(jax.random.fold_in(self.key, 10**9), self.ds.x_train,
+                                        self.ds.y_train, self.ds.num_classes, self.s.ipc)
+        syn = {'images': jnp.asarray(images), 'lr': jnp.float32(self.s.lr_teacher)}
+        return self._place((syn, self.tx.init(syn), jnp.asarray(labels)))
+
+    def _place(self, tree):
+        """Commits arrays to the first device with the layout the jitted update returns."""
+        return jax.device_put(tree, jax.sharding.SingleDeviceSharding(self.devices[0]))
+
+    def step(self, syn, opt_state, labels, iteration: int):
+        """One distillation iteration; returns (syn, opt_state, loss, fault, start)."""
+        s = self.s
+        e, c = sample_start(s.seed, iteration, len(self.trajs), s.max_start_epoch,
+                            s.start_sampling == 'continuous')
+        traj = self.trajs[e]
+        start = self.point(traj, c)
+        target = self.point(traj, min(c + s.expert_epochs, traj.num_epochs))
+        loss, g_img, g_lr = self.meta_grad(syn['images'], syn['lr'], labels, start, target,
+                                           jax.random.fold_in(self.key, iteration))
+        syn, opt_state, fault = self.update(syn, opt_state, {'images': g_img, 'lr': g_lr}, loss)
+        return syn, opt_state, float(loss), int(fault), (e, c)
+
+    def evaluate(self, syn, labels, iteration: int) -> dict:
+        acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
+                             syn['images'], labels, syn['lr'], self.x_test, self.y_test)
+        return evaluate.summarize(acc)
+
+    # -- files
+
+    def _npz(self, path, syn, labels, iteration, summary):
+        images = np.asarray(syn['images'])
+        checkpoint.write_npz(path, images=images, labels=np.asarray(labels),
+                             lr=np.float32(syn['lr']), iteration=np.int64(iteration),
+                             accuracy_mean=np.float64(summary['mean']),
+                             accuracy_std=np.float64(summary['std']),
+                             images_display=self.ds.to_display(images).astype(np.float32),
+                             class_names=np.asarray(self.ds.class_names),
+                             settings=np.asarray(json.dumps(self.settings_json)))
+
+    def _save_checkpoint(self, syn, opt_state, iteration, best, metrics_lines):
+        checkpoint.save_tree(os.path.join(self.out_dir, 'checkpoint'), {
+            'syn': syn, 'opt': jax.tree.leaves(opt_state),
+            'iteration': np.int64(iteration), 'best': np.float64(best),
+            'metrics_lines': np.int64(metrics_lines)})
+
+    def _restore(self, syn, opt_state):
+        path = os.path.join(self.out_dir, 'checkpoint')
+        if not os.path.isdir(path):
+            return None
+        try:
+            tree = checkpoint.load_tree(path)
+        except checkpoint.CheckpointError as e:
+            logging.warning('%s; starting from scratch is not attempted automatically: remove '
+                            '%s to restart.', e, path)
+            raise
+        treedef = jax.tree.structure(opt_state)
+        opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in tree['opt']])
+        syn = jax.tree.map(jnp.asarray, tree['syn'])
+        syn, opt_state = self._place((syn, opt_state))
+        return syn, opt_state, int(tree['iteration']), float(tree['best']), int(tree['metrics_lines'])
+
+    # -- loop
+
+    def run(self) -> dict:
+        s = self.s
+        os.makedirs(self.out_dir, exist_ok=True)
+        syn, opt_state, labels = self.initial_state()
+        metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
+        first, best, lines = 0, -np.inf, []
+        restored = self._restore(syn, opt_state)
+        if restored:
+            syn, opt_state, first, best, n_lines = restored
+            with open(metrics_path) as f:
+                lines = f.read().splitlines()[:n_lines]
+            logging.info('Resuming from iteration %d (best so far %.2f%%).', first, best)
+        with open(metrics_path, 'w') as f:
+            f.write(''.join(line + '\n' for line in lines))
+        metrics = open(metrics_path, 'a')
+
+        def log(record):
+            metrics.write(json.dumps(record) + '\n')
+            metrics.flush()
+            lines.append(None)
+
+        start_time = time.time()
+        result = {}
+        for it in range(first, s.iterations + 1):
+            if it % s.eval_every == 0 or it == s.iterations:
+                if not (restored and it == first):
+                    summary = self.evaluate(syn, labels, it)
+                    log({'iteration': it, 'eval': summary, 'lr': float(syn['lr'])})
+                    logging.info('iteration %d: accuracy %.2f +- %.2f %% (lr %.4g)', it,
+                                 summary['mean'], summary['std'], float(syn['lr']))
+                    self._npz(os.path.join(self.out_dir, 'synthetic.npz'), syn, labels, it,
+                              summary)
+                    if summary['mean'] > best:
+                        best = summary['mean']
+                        self._npz(os.path.join(self.out_dir, 'best.npz'), syn, labels, it,
+                                  summary)
+                    self._save_checkpoint(syn, opt_state, it, best, len(lines))
+                    result = {'iteration': it, 'accuracy': summary, 'best': best,
+                              'lr': float(syn['lr'])}
+            if it == s.iterations:
+                break
+            t0 = time.time()
+            syn, opt_state, loss, fault, (e, c) = self.step(syn, opt_state, labels, it)
+            seconds = time.time() - t0
+            log({'iteration': it, 'loss': loss, 'lr': float(syn['lr']), 'expert': e,
+                 'start': c, 'fault': FAULTS[fault], 'seconds': seconds})
+            if fault:
+                msg = (f'iteration {it}: {FAULTS[fault]}; the update was skipped. Usually '
+                       '--lr_img or --lr_lr is too large: lower it.')
+                if s.on_fault == 'stop':
+                    metrics.close()
+                    raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
+                logging.warning(msg)
+            done = it + 1 - first
+            rate = (time.time() - start_time) / done
+            logging.info('iteration %d/%d  loss %.4f  lr %.4g  %.2fs/it  ETA %.0fs', it + 1,
+                         s.iterations, loss, float(syn['lr']), seconds,
+                         rate * (s.iterations - it - 1))
+        metrics.close()
+        return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+def settings_from_flags() -> Settings:
+    sampling = FLAGS.start_sampling or ('continuous' if FLAGS.method == 'mct' else 'integer')
+    return Settings(**{f: getattr(FLAGS, f) for f in Settings._fields if f != 'start_sampling'},
+                    start_sampling=sampling)
+
+
+def load_experts(expert_dir: str, method: str, beta_mode: str, max_experts: int | None,
+                 expected: dict) -> list:
+    """Loads the complete experts of a folder as trajectories, after checking their settings."""
+    if not os.path.isfile(os.path.join(expert_dir, expert.CONFIG_FILE)):
+        raise FileNotFoundError(f'No experts in {expert_dir}: train them first with '
+                                f'python -m mct_jax.expert --expert_dir={expert_dir} '
+                                '(and the same data and model flags).')
+    expert.check_config(expert_dir, expected, keys=list(expected))
+    folders = expert.list_experts(expert_dir)[:max_experts]
+    if not folders:
+        raise FileNotFoundError(f'{expert_dir} has no complete expert yet; run '
+                                'python -m mct_jax.expert first.')
+    kind = 'full' if method == 'mtt' else 'mct'
+    trajs = []
+    for f in folders:
+        try:
+            trajs.append(expert.load_trajectory(f, kind, beta_mode))
+        except checkpoint.CheckpointError as e:
+            if 'no full trajectory' in str(e):
+                raise
+            logging.warning('Skipping expert %s: %s', f, e)
+    if not trajs:
+        raise FileNotFoundError(f'No readable expert in {expert_dir}.')
+    return trajs
+
+
+def main(argv):
+    del argv
+    s = settings_from_flags()
+    problems = check_settings(s, None, None, jax.local_device_count())
+    if problems:
+        raise app.UsageError('\n'.join(problems))
+    ds = shared.load_data()
+    m_settings = shared.model_settings(ds)
+    expected = dict(m_settings, **shared.data_settings())
+    trajs = load_experts(shared.expert_dir(), s.method, s.beta_mode, s.max_experts, expected)
+    counts = np.bincount(ds.y_train, minlength=ds.num_classes).tolist()
+    problems = check_settings(s, trajs[0].num_epochs, counts, jax.local_device_count())
+    if problems:
+        raise app.UsageError('\n'.join(problems))
+    out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
+    settings_json = dict(s._asdict(), **expected, expert_dir=shared.expert_dir(),
+                         num_experts_used=len(trajs))
+    logging.info('Distilling %s, %d experts, %s -> %s', FLAGS.dataset, len(trajs), s, out_dir)
+    result = Distiller(s, shared.model_from_settings(m_settings), ds, trajs, out_dir,
+                       settings_json).run()
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    app.run(main)

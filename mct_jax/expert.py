@@ -1,0 +1,289 @@
+"""Expert trajectories: train networks on real data and store them the MCT way.
+
+``python -m mct_jax.expert --flagfile=experiments/cifar10.cfg`` (or plain flags) trains
+``--num_experts`` ConvNets from fresh random inits with plain SGD (lr 0.01, no momentum,
+batch 256, DSA on every batch) for ``--train_epochs`` K epochs. During training it keeps only
+the previous epoch's parameters and accumulates per-leaf step norms (the d_l(t) of eq. 9);
+it writes, per expert, with Orbax:
+
+    EXPERT_DIR/config.json              model, data and training settings of the folder
+    EXPERT_DIR/expert_0000/state/       anchors [A, ...], anchor_epochs [A], betas [K+1, L],
+                                        step_norms [K, L]            (MCT: O(model size))
+    EXPERT_DIR/expert_0000/full/        all K+1 snapshots (only --save_full_trajectory; MTT)
+    EXPERT_DIR/expert_0000/meta.json    accuracies per epoch; written last = expert complete
+
+Re-running the same command skips complete experts. Expert i's randomness is
+``fold_in(key(seed), i)``, so an expert does not depend on which run or process trained it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from mct_jax import checkpoint, data, train, trajectory
+from mct_jax import flags as shared
+
+FLAGS = flags.FLAGS
+
+CONFIG_FILE = 'config.json'
+META_FILE = 'meta.json'
+
+
+class ExpertRun(NamedTuple):
+    """What training one expert produces (all NumPy)."""
+    anchors: list          # A parameter pytrees at the anchor epochs
+    anchor_epochs: tuple   # (a_0=0, ..., a_{A-1}=K)
+    step_norms: np.ndarray  # [K, L] float32, step_norms[t-1, l] = ||theta_l(t) - theta_l(t-1)||
+    snapshots: list | None  # K+1 pytrees, only when the full trajectory is kept
+    train_acc: list        # per epoch, on the augmented training batches
+    test_acc: list         # per epoch, K+1 values (index 0 = the random init)
+
+
+def _to_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def make_epoch_fn(apply_fn, lr: float, batch_size: int):
+    """Jitted plain-SGD epoch: ``(params, x, y, key) -> (params, step_norms [L], correct)``."""
+    tx = optax.sgd(lr)
+
+    @jax.jit
+    def epoch(params, x, y, key):
+        new, _, correct = train.sgd_epoch(apply_fn, params, tx.init(params), tx, x, y, key,
+                                          batch_size)
+        return new, trajectory.leaf_norms(new, params), correct
+    return epoch
+
+
+def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
+                 anchor_epochs: Sequence[int], lr: float = 0.01, batch_size: int = 256,
+                 smooth_anchors: bool = False, keep_snapshots: bool = False,
+                 epoch_fn=None, log_prefix: str = '') -> ExpertRun:
+    """Trains one expert, recording step norms and anchors without keeping past epochs.
+
+    Args:
+      model: a :class:`mct_jax.models.Model`.
+      x_train, y_train, x_test, y_test: device or NumPy arrays.
+      key: the expert's PRNG key (init from ``fold_in(key, 0)``; epoch t uses
+        ``fold_in(key, t)``).
+      num_epochs: K.
+      anchor_epochs: where to keep models, increasing from 0 to K.
+      smooth_anchors: the MCT authors' variant: an interior anchor a is replaced by
+        mean(theta(a-1), theta(a+1)) and the last by mean(theta(K-1), theta(K)).
+      keep_snapshots: also return all K+1 snapshots (the MTT format).
+      epoch_fn: a cached :func:`make_epoch_fn` (avoids recompiling per expert).
+    """
+    anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
+    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size)
+    params = model.init(jax.random.fold_in(key, 0))
+    anchors: dict[int, Any] = {0: _to_numpy(params)}
+    before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it
+    snapshots = [_to_numpy(params)] if keep_snapshots else None
+    norms, train_acc = [], []
+    test_acc = [float(train.accuracy(model.apply, params, x_test, y_test))]
+    start = time.time()
+    for t in range(1, num_epochs + 1):
+        prev = params
+        params, step_norm, correct = epoch_fn(params, x_train, y_train, jax.random.fold_in(key, t))
+        norms.append(np.asarray(step_norm))
+        train_acc.append(float(correct) / x_train.shape[0])
+        test_acc.append(float(train.accuracy(model.apply, params, x_test, y_test)))
+        if keep_snapshots:
+            snapshots.append(_to_numpy(params))
+        if smooth_anchors:
+            if t + 1 in anchor_epochs[1:-1]:
+                before_anchor[t + 1] = _to_numpy(params)
+            if t - 1 in before_anchor:
+                anchors[t - 1] = jax.tree.map(lambda a, b: (a + np.asarray(b)) / 2,
+                                              before_anchor.pop(t - 1), params)
+            if t == num_epochs:
+                anchors[t] = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
+                                          prev, params)
+        elif t in anchor_epochs:
+            anchors[t] = _to_numpy(params)
+        elapsed = time.time() - start
+        logging.info('%sepoch %d/%d  train acc %.3f  test acc %.3f  %.1fs  ETA %.0fs',
+                     log_prefix, t, num_epochs, train_acc[-1], test_acc[-1], elapsed,
+                     elapsed / t * (num_epochs - t))
+    return ExpertRun([anchors[a] for a in anchor_epochs], anchor_epochs,
+                     np.stack(norms).astype(np.float32), snapshots, train_acc, test_acc)
+
+
+# ----------------------------------------------------------------------------- storage
+
+def expert_path(expert_dir: str, index: int) -> str:
+    return os.path.join(expert_dir, f'expert_{index:04d}')
+
+
+def save_expert(folder: str, run: ExpertRun, meta: dict) -> None:
+    """Writes one expert; ``meta.json`` goes last and marks the expert complete."""
+    if os.path.exists(folder):
+        shutil.rmtree(folder)  # an incomplete earlier attempt
+    betas = trajectory.betas_from_step_norms(run.step_norms, run.anchor_epochs)
+    state = {'anchors': jax.tree.map(lambda *xs: np.stack(xs), *run.anchors),
+             'anchor_epochs': np.asarray(run.anchor_epochs, np.int32),
+             'betas': betas, 'step_norms': run.step_norms}
+    checkpoint.save_tree(os.path.join(folder, 'state'), state)
+    if run.snapshots is not None:
+        checkpoint.save_tree(os.path.join(folder, 'full'),
+                             {'snapshots': jax.tree.map(lambda *xs: np.stack(xs), *run.snapshots)})
+    checkpoint.write_json(os.path.join(folder, META_FILE),
+                          dict(meta, train_acc=run.train_acc, test_acc=run.test_acc,
+                               has_full_trajectory=run.snapshots is not None))
+
+
+def is_complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, META_FILE))
+
+
+def list_experts(expert_dir: str) -> list[str]:
+    """Complete expert folders in ``expert_dir``, sorted by index."""
+    if not os.path.isdir(expert_dir):
+        return []
+    names = sorted(n for n in os.listdir(expert_dir) if n.startswith('expert_'))
+    return [os.path.join(expert_dir, n) for n in names
+            if is_complete(os.path.join(expert_dir, n))]
+
+
+def load_trajectory(folder: str, kind: str = 'mct', beta_mode: str = 'steps'
+                    ) -> trajectory.Trajectory:
+    """Reads one expert as a :class:`~mct_jax.trajectory.Trajectory`.
+
+    Args:
+      kind: 'mct' (the stored anchors and betas) or 'full' (all snapshots; needs
+        ``--save_full_trajectory`` at training time).
+      beta_mode: for 'mct': 'steps' (eq. 9, the method), 'uniform' (t/K ablation) or
+        'projected' (one global projected beta; needs the full trajectory).
+    Raises:
+      checkpoint.CheckpointError: missing or corrupt files, or no full trajectory.
+    """
+    state = checkpoint.load_tree(os.path.join(folder, 'state'))
+    epochs = [int(e) for e in state['anchor_epochs']]
+    anchors = [jax.tree.map(lambda a, i=i: a[i], state['anchors']) for i in range(len(epochs))]
+    full_dir = os.path.join(folder, 'full')
+    if kind == 'full' or beta_mode == 'projected':
+        if not os.path.isdir(full_dir):
+            raise checkpoint.CheckpointError(
+                f'{folder} has no full trajectory (needed for --method=mtt and projected '
+                'betas). Re-train the experts with --save_full_trajectory.')
+        snaps = checkpoint.load_tree(full_dir)['snapshots']
+        num = jax.tree.leaves(snaps)[0].shape[0]
+        snapshots = [jax.tree.map(lambda a, i=i: a[i], snaps) for i in range(num)]
+        if kind == 'full':
+            return trajectory.full(snapshots)
+        return trajectory.convexified(anchors, epochs,
+                                      trajectory.projected_betas(snapshots, epochs))
+    if beta_mode == 'uniform':
+        betas = trajectory.uniform_betas(state['betas'].shape[1], epochs)
+    elif beta_mode == 'steps':
+        betas = state['betas']
+    else:
+        raise ValueError(f'Unknown beta mode {beta_mode!r}; use steps, uniform or projected.')
+    return trajectory.convexified(anchors, epochs, betas)
+
+
+def check_config(expert_dir: str, config: dict, keys: Sequence[str] | None = None) -> dict:
+    """Compares ``config`` with the folder's ``config.json`` and raises on any difference.
+
+    Args:
+      keys: only compare these keys (all keys of ``config`` when None).
+    Returns:
+      The stored config (``{}`` if the folder has none yet).
+    """
+    path = os.path.join(expert_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    stored = checkpoint.read_json(path)
+    keys = list(config) if keys is None else keys
+    diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {config.get(k)!r}'
+             for k in keys if _norm(stored.get(k)) != _norm(config.get(k))]
+    if diffs:
+        raise ValueError(f'{expert_dir} holds experts with other settings:\n  '
+                         + '\n  '.join(diffs) + '\nUse another --expert_dir, or the same '
+                         'settings as the stored experts.')
+    return stored
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
+                  seed: int, process_index: int = 0, process_count: int = 1) -> list[int]:
+    """Trains the missing experts of ``expert_dir`` that belong to this process.
+
+    Expert i is trained by process ``i % process_count``; complete experts are skipped.
+    Returns the indices trained by this call.
+    """
+    check_config(expert_dir, config)
+    os.makedirs(expert_dir, exist_ok=True)
+    if process_index == 0 and not os.path.isfile(os.path.join(expert_dir, CONFIG_FILE)):
+        checkpoint.write_json(os.path.join(expert_dir, CONFIG_FILE), config)
+    mine = [i for i in range(num_experts) if i % process_count == process_index]
+    todo = [i for i in mine if not is_complete(expert_path(expert_dir, i))]
+    logging.info('%d of %d experts already complete in %s; training %s', num_experts - len(todo)
+                 if process_count == 1 else len(mine) - len(todo), num_experts, expert_dir, todo)
+    if not todo:
+        return []
+    x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    epoch_fn = make_epoch_fn(model.apply, config['lr_teacher'], config['batch_train'])
+    base = jax.random.key(seed)
+    for i in todo:
+        start = time.time()
+        run = train_expert(model, x_train, y_train, x_test, y_test, jax.random.fold_in(base, i),
+                           config['train_epochs'], config['anchors'],
+                           smooth_anchors=config['smooth_anchors'],
+                           keep_snapshots=config['save_full_trajectory'], epoch_fn=epoch_fn,
+                           log_prefix=f'expert {i}: ')
+        seconds = time.time() - start
+        save_expert(expert_path(expert_dir, i), run,
+                    {'index': i, 'seed': seed, 'seconds': seconds,
+                     'images_per_second': config['train_epochs'] * x_train.shape[0] / seconds})
+        logging.info('expert %d done in %.0fs: test acc %.3f', i, seconds, run.test_acc[-1])
+    return todo
+
+
+# ----------------------------------------------------------------------------- command line
+
+def anchors_from_flags() -> tuple[int, ...]:
+    k = FLAGS.train_epochs
+    raw = FLAGS.anchors or ['0', str(k)]
+    try:
+        epochs = [int(a) for a in raw]
+    except ValueError:
+        raise ValueError(f'--anchors={",".join(raw)} must be integers, e.g. --anchors=0,{k}.')
+    return trajectory.check_anchor_epochs(epochs, k)
+
+
+def config_from_flags(ds: data.Dataset) -> dict:
+    """Everything that must agree between runs writing into one expert folder."""
+    return dict(shared.model_settings(ds), **shared.data_settings(),
+                train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
+                batch_train=FLAGS.batch_train, anchors=list(anchors_from_flags()),
+                smooth_anchors=FLAGS.smooth_anchors,
+                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+
+
+def main(argv):
+    del argv
+    anchors_from_flags()  # fail on bad anchors before loading data
+    ds = shared.load_data()
+    config = config_from_flags(ds)
+    model = shared.model_from_settings(config)
+    train_experts(model, ds, shared.expert_dir(), config, FLAGS.num_experts, FLAGS.seed,
+                  jax.process_index(), jax.process_count())
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,114 @@
+"""Every command-line flag of mct_jax, defined once here.
+
+All entry points (``mct_jax.expert``, ``mct_jax.distill``, ``mct_jax.evaluate``) import this
+module, so one preset flagfile (``experiments/*.cfg``) serves every command and a flag means
+the same thing everywhere. Users and scripts depend on these names; the distillation flags
+keep the reference MTT code's names (``--ipc --syn_steps --expert_epochs ...``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from mct_jax import data, models
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum('dataset', 'digits', data.DATASETS,
+                  'Dataset. "digits" (scikit-learn 8x8 digits) works offline anywhere.')
+flags.DEFINE_enum('data_source', None, data.SOURCES,
+                  'Where images come from: tfds (download on first use), npz (train.npz/'
+                  'test.npz in --data_dir), folder (tiny-imagenet-200 release), sklearn. '
+                  'Default: tfds for CIFAR, folder for Tiny ImageNet, sklearn for digits.')
+flags.DEFINE_string('data_dir', None, 'Folder of the data source (TFDS data_dir, npz folder, '
+                    'or the tiny-imagenet-200 folder).')
+flags.DEFINE_integer('train_images_per_class', None,
+                     'Keep only the first K training images of each class (small runs).')
+flags.DEFINE_boolean('zca', False, 'ZCA-whiten images (fit on training images, eps 0.1).')
+flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
+flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
+flags.DEFINE_enum('norm', 'instancenorm', models.NORMS, 'ConvNet normalisation.')
+flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same result.')
+flags.DEFINE_string('expert_dir', None,
+                    'Folder where experts are written and read. Default runs/<dataset>/experts.')
+
+# ---- expert training (python -m mct_jax.expert)
+flags.DEFINE_integer('num_experts', 2, 'Number of experts to train (the reference uses 100).')
+flags.DEFINE_integer('train_epochs', 20, 'Epochs K per expert (the reference uses 50).')
+flags.DEFINE_float('lr_teacher', 0.01, 'Expert SGD learning rate; also the initial learned '
+                   'student learning rate of distillation.')
+flags.DEFINE_integer('batch_train', 256, 'Expert minibatch size.')
+flags.DEFINE_list('anchors', None, 'Anchor epochs to store, increasing from 0 to K '
+                  '(default 0,K: the plain MCT).')
+flags.DEFINE_boolean('smooth_anchors', False, "MCT authors' anchor smoothing (interior anchor "
+                     'a -> mean of epochs a-1 and a+1; last -> mean of K-1 and K).')
+flags.DEFINE_boolean('save_full_trajectory', False,
+                     "Also store all K+1 snapshots (the MTT baseline's format).")
+
+# ---- distillation (python -m mct_jax.distill)
+flags.DEFINE_enum('method', 'mct', ['mct', 'mtt'], 'mct: continuous starts on convexified '
+                  'trajectories; mtt: integer starts on full trajectories.')
+flags.DEFINE_integer('ipc', 10, 'Synthetic images per class.')
+flags.DEFINE_integer('syn_steps', 20, 'N: student SGD steps per iteration.')
+flags.DEFINE_float('expert_epochs', 2, 'M: target = expert at start + M epochs (MCT allows '
+                   'fractions).')
+flags.DEFINE_float('max_start_epoch', 10, 'Starts are drawn from [0, max_start_epoch] (MCT, '
+                   'real) or [0, max_start_epoch) (MTT, integer).')
+flags.DEFINE_integer('batch_syn', 0, 'Synthetic images per student step (0: all of them).')
+flags.DEFINE_float('lr_img', 1000, 'Learning rate of the synthetic images (SGD, momentum 0.5).')
+flags.DEFINE_float('lr_lr', 1e-5, 'Learning rate of the learned student lr (SGD, momentum 0.5).')
+flags.DEFINE_integer('iterations', 200, 'Distillation iterations.')
+flags.DEFINE_integer('eval_every', 50, 'Evaluate, save and checkpoint every this many iterations.')
+flags.DEFINE_integer('num_eval', 5, 'Networks trained per evaluation.')
+flags.DEFINE_integer('eval_epochs', 300, 'Epochs per evaluation network (the reference uses 1000).')
+flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
+flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backward pass: the '
+                     'same gradient with much less memory (often faster on CPU).')
+flags.DEFINE_boolean('dsa', True, 'DSA augmentation in the student steps and evaluation.')
+flags.DEFINE_enum('beta_mode', 'steps', ['steps', 'uniform', 'projected'],
+                  'MCT betas: steps (eq. 9), uniform (t/K) or projected (one global beta).')
+flags.DEFINE_enum('start_sampling', None, ['continuous', 'integer'],
+                  'Start epochs: default continuous for mct, integer for mtt.')
+flags.DEFINE_integer('max_experts', None, 'Use only the first this many experts.')
+flags.DEFINE_enum('on_fault', 'skip', ['skip', 'stop'], 'On a non-finite loss or gradient, or '
+                  'a non-positive learned lr: skip that update, or stop the run.')
+
+# ---- evaluation (python -m mct_jax.evaluate)
+flags.DEFINE_string('synthetic', None, 'Folder of a distillation run (or an .npz) to evaluate.')
+flags.DEFINE_enum('baseline', None, ['random', 'full'], 'Evaluate a baseline instead: random '
+                  'real images (--ipc per class) or the full training set.')
+
+ACT = 'relu'
+POOL = 'avgpool'
+
+
+def expert_dir() -> str:
+    """``--expert_dir``, or its default ``runs/<dataset>/experts``."""
+    return FLAGS.expert_dir or os.path.join('runs', FLAGS.dataset, 'experts')
+
+
+def load_data() -> data.Dataset:
+    """Loads the dataset the shared flags describe."""
+    return data.load_dataset(FLAGS.dataset, FLAGS.data_source, FLAGS.data_dir,
+                             FLAGS.train_images_per_class, FLAGS.zca)
+
+
+def model_settings(ds: data.Dataset) -> dict:
+    """The architecture as a JSON-able dict (stored with experts and synthetic sets)."""
+    return {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
+            'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm, 'act': ACT,
+            'pool': POOL}
+
+
+def data_settings() -> dict:
+    """The data choices that change what a network is trained on."""
+    return {'dataset': FLAGS.dataset, 'train_images_per_class': FLAGS.train_images_per_class,
+            'zca': FLAGS.zca}
+
+
+def model_from_settings(m: dict) -> models.Model:
+    """Builds the ``(init, apply)`` pair from :func:`model_settings`."""
+    return models.convnet(tuple(m['image_shape']), m['num_classes'], m['width'], m['depth'],
+                          m['norm'], m['act'], m['pool'])

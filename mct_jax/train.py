@@ -1,0 +1,100 @@
+"""Training a network on real or synthetic images: losses, jitted SGD epochs, accuracy.
+
+Shared by expert training (plain SGD on real data) and evaluation (SGD with momentum and
+weight decay on a synthetic set, several networks at once under ``vmap``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mct_jax import augment
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy; logits [B, K], integer labels [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def batch_indices(key, n: int, batch_size: int):
+    """One epoch's shuffled minibatches, as PyTorch's shuffling DataLoader makes them.
+
+    Returns ``(full, rest)``: [n // batch_size, batch_size] indices of the full batches and
+    the [n % batch_size] indices of the last, smaller batch (possibly empty).
+    """
+    perm = jax.random.permutation(key, n)
+    num_full = n // batch_size
+    return perm[:num_full * batch_size].reshape(num_full, batch_size), perm[num_full * batch_size:]
+
+
+def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransformation,
+              x, y, key, batch_size: int, use_dsa: bool = True):
+    """One epoch of minibatch SGD over (x, y), DSA on every batch.
+
+    Traceable (call it inside ``jit``/``vmap``); the full batches run as one ``lax.scan``
+    and a last smaller batch, if any, as one more step, so every image is seen once.
+
+    Returns:
+      (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
+      augmented training batches, as the reference reports training accuracy.
+    """
+    n = x.shape[0]
+    k_perm, k_aug = jax.random.split(key)
+    full, rest = batch_indices(k_perm, n, min(batch_size, n))
+
+    def step(carry, inputs):
+        params, opt_state, correct = carry
+        idx, k = inputs
+        xb, yb = x[idx], y[idx]
+        if use_dsa:
+            xb = augment.dsa(k, xb)
+
+        def loss_fn(p):
+            logits = apply_fn(p, xb)
+            return cross_entropy(logits, yb), logits
+        (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        correct = correct + jnp.sum(jnp.argmax(logits, -1) == yb)
+        return (params, opt_state, correct), None
+
+    keys = jax.random.split(k_aug, full.shape[0] + 1)
+    carry = (params, opt_state, jnp.zeros((), jnp.int32))
+    carry, _ = jax.lax.scan(step, carry, (full, keys[:-1]))
+    if rest.shape[0]:
+        carry, _ = step(carry, (rest, keys[-1]))
+    return carry
+
+
+def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
+    """Number of correctly classified images, evaluated in fixed-size chunks (traceable).
+
+    The last chunk is padded and masked so only one program is compiled.
+    """
+    n = x.shape[0]
+    b = min(batch_size, n)
+    num_chunks = -(-n // b)
+    pad = num_chunks * b - n
+    xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+    yp = jnp.pad(y, (0, pad), constant_values=-1)  # -1 never matches a prediction
+
+    def chunk(correct, i):
+        xb = jax.lax.dynamic_slice_in_dim(xp, i * b, b)
+        yb = jax.lax.dynamic_slice_in_dim(yp, i * b, b)
+        return correct + jnp.sum(jnp.argmax(apply_fn(params, xb), -1) == yb), None
+
+    correct, _ = jax.lax.scan(chunk, jnp.zeros((), jnp.int32), jnp.arange(num_chunks))
+    return correct
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=('batch_size',))
+def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
+    """Top-1 accuracy in [0, 1] of one network on (x, y)."""
+    return predict_correct(apply_fn, params, x, y, batch_size) / x.shape[0]

@@ -1,0 +1,185 @@
+"""Student rollout, meta-gradient, devices and the distillation loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mct_jax import augment, data, distill, models, parallel, rollout, train, trajectory
+
+
+def _setup(dtype=jnp.float32, n=8, classes=4, shape=(8, 8, 1), width=4):
+    m = models.convnet(shape, classes, width, 2)
+    start = jax.tree.map(lambda a: a.astype(dtype), m.init(jax.random.key(0)))
+    target = jax.tree.map(lambda a, b: (a + 0.3 * b.astype(dtype)), start,
+                          m.init(jax.random.key(1)))
+    images = jax.random.normal(jax.random.key(2), (n,) + shape, dtype)
+    labels = jnp.arange(n) % classes
+    return m, start, target, images, labels
+
+
+@pytest.mark.parametrize('use_dsa,batch', [(False, 8), (True, 8), (True, 4)])
+def test_rollout_matches_python_loop(use_dsa, batch):
+    m, start, _, images, labels = _setup()
+    key = jax.random.key(5)
+    got = rollout.rollout(m.apply, start, images, labels, 0.1, key, 5, batch, use_dsa)
+    # plain loop: same minibatch indices and per-step augmentation keys
+    k_idx, k_aug = jax.random.split(key)
+    idx = rollout.step_indices(k_idx, 8, batch, 5)
+    theta = start
+    for t in range(5):
+        xb, yb = images[idx[t]], labels[idx[t]]
+        if use_dsa:
+            xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
+        g = jax.grad(lambda p: train.cross_entropy(m.apply(p, xb), yb))(theta)
+        theta = jax.tree.map(lambda p, g: p - 0.1 * g, theta, g)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_indices_cover_every_image_per_permutation():
+    idx = np.asarray(rollout.step_indices(jax.random.key(0), 10, 4, 5))
+    assert idx.shape == (5, 4)
+    flat = idx.reshape(-1)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_meta_gradient_matches_finite_differences_float64():
+    with jax.enable_x64(True):
+        m, start, target, images, labels = _setup(jnp.float64)
+        key = jax.random.key(3)
+
+        def loss(im, lr):
+            return rollout.meta_loss(im, lr, m.apply, labels, start, target, key, 3, 8, True)
+
+        lr = jnp.float64(0.05)
+        g_img, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
+        eps = 1e-5
+        fd_lr = (loss(images, lr + eps) - loss(images, lr - eps)) / (2 * eps)
+        np.testing.assert_allclose(g_lr, fd_lr, rtol=1e-6)
+        rng = np.random.default_rng(0)
+        for _ in range(3):   # directional derivatives along random directions
+            v = jnp.asarray(rng.normal(size=images.shape))
+            fd = (loss(images + eps * v, lr) - loss(images - eps * v, lr)) / (2 * eps)
+            np.testing.assert_allclose(jnp.vdot(g_img, v), fd, rtol=1e-6)
+
+
+def test_remat_gives_the_same_gradient():
+    m, start, target, images, labels = _setup()
+    key = jax.random.key(4)
+    grads = [jax.grad(rollout.meta_loss, argnums=(0, 1))(
+        images, 0.05, m.apply, labels, start, target, key, 4, 8, True, remat)
+        for remat in (False, True)]
+    for a, b in zip(grads[0], grads[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_devices_give_the_same_update():
+    assert jax.local_device_count() >= 4, 'conftest asks for 4 fake CPU devices'
+    m, start, target, images, labels = _setup()
+    tx = distill.make_optimizer(100.0, 1e-3)
+    outs = []
+    for nd in (1, 2, 4):
+        devices = jax.local_devices()[:nd]
+        f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices)
+        loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, start, target, jax.random.key(9))
+        syn = {'images': images, 'lr': jnp.float32(0.05)}
+        new, _, fault = distill.make_update(tx)(syn, tx.init(syn), {'images': g_img, 'lr': g_lr},
+                                                loss)
+        assert int(fault) == 0
+        outs.append((loss, new['images'], new['lr']))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outs[0][1], images)  # the update did something
+
+
+def test_batch_must_divide_among_devices():
+    m = models.convnet((8, 8, 1), 4, 4, 2)
+    with pytest.raises(ValueError, match='divisible'):
+        parallel.make_meta_grad(m.apply, 2, 6, devices=jax.local_devices()[:4])
+
+
+@pytest.mark.parametrize('fault,bad', [
+    (1, dict(loss=jnp.nan)),
+    (2, dict(g_img=jnp.inf)),
+    (3, dict(g_lr=1e6)),
+])
+def test_faults_skip_the_update(fault, bad):
+    tx = distill.make_optimizer(1.0, 1.0)
+    syn = {'images': jnp.ones((2, 2)), 'lr': jnp.float32(0.01)}
+    g_img = jnp.full((2, 2), bad.get('g_img', 0.1))
+    g_lr = jnp.float32(bad.get('g_lr', 0.0))
+    new, opt, got = distill.make_update(tx)(syn, tx.init(syn), {'images': g_img, 'lr': g_lr},
+                                           jnp.float32(bad.get('loss', 1.0)))
+    assert int(got) == fault
+    np.testing.assert_array_equal(new['images'], syn['images'])
+    assert float(new['lr']) == pytest.approx(0.01)
+
+
+def test_sample_start_is_deterministic_and_in_range():
+    draws = [distill.sample_start(0, it, 3, 4.0, True) for it in range(200)]
+    assert draws == [distill.sample_start(0, it, 3, 4.0, True) for it in range(200)]
+    cs = np.array([c for _, c in draws])
+    assert cs.min() >= 0 and cs.max() <= 4 and len(set(cs)) == 200
+    ints = [distill.sample_start(0, it, 3, 4.0, False)[1] for it in range(200)]
+    assert set(ints) == {0.0, 1.0, 2.0, 3.0}
+    assert {e for e, _ in draws} == {0, 1, 2}
+
+
+@pytest.mark.parametrize('over,counts,message', [
+    (dict(max_start_epoch=9, expert_epochs=2), None, 'goes beyond'),
+    (dict(ipc=30), [25] * 10, 'larger than class 0'),
+    (dict(batch_syn=50, ipc=2), [25] * 10, 'larger than the synthetic set'),
+    (dict(method='mtt', expert_epochs=1.5), None, 'whole number'),
+    (dict(lr_img=-1), None, 'lr_img'),
+    (dict(ipc=3), [25] * 10, 'divide among 4 devices'),
+])
+def test_check_settings(over, counts, message):
+    s = distill.Settings(**over)
+    problems = distill.check_settings(s, 10, counts, 4 if counts else 1)
+    assert any(message in p for p in problems), problems
+
+
+def _tiny_run(tmp_path, trajs, ds, iterations, out='run', **over):
+    s = distill.Settings(ipc=2, syn_steps=3, expert_epochs=1, max_start_epoch=1, lr_img=10,
+                         iterations=iterations, eval_every=2, num_eval=2, eval_epochs=3, **over)
+    m = models.convnet(ds.image_shape, 10, 4, 3)
+    d = distill.Distiller(s, m, ds, trajs, str(tmp_path / out), {'test': True},
+                          jax.local_devices()[:1])
+    return d, d.run()
+
+
+@pytest.fixture(scope='module')
+def tiny_experts():
+    ds = data.load_dataset('digits', train_images_per_class=10)
+    m = models.convnet(ds.image_shape, 10, 4, 3)
+    snaps = [m.init(jax.random.key(0))]
+    for t in range(1, 3):
+        snaps.append(jax.tree.map(lambda a, t=t: a * (1 + 0.1 * t), snaps[0]))
+    return ds, [trajectory.full(snaps)]
+
+
+def test_no_retrace_across_iterations(tmp_path, tiny_experts):
+    ds, trajs = tiny_experts
+    d, _ = _tiny_run(tmp_path, trajs, ds, iterations=5)
+    assert d.meta_grad.trace_count() == 1
+    assert d.update._cache_size() == 1
+    assert d.evaluator._cache_size() == 1
+    assert d.point._cache_size() == 1
+
+
+def test_resume_repeats_an_uninterrupted_run(tmp_path, tiny_experts):
+    ds, trajs = tiny_experts
+    _tiny_run(tmp_path, trajs, ds, iterations=6, out='straight')
+    _tiny_run(tmp_path, trajs, ds, iterations=4, out='resumed')
+    _tiny_run(tmp_path, trajs, ds, iterations=6, out='resumed')
+    a = np.load(tmp_path / 'straight' / 'synthetic.npz')
+    b = np.load(tmp_path / 'resumed' / 'synthetic.npz')
+    for k in ('images', 'lr', 'iteration'):
+        np.testing.assert_array_equal(a[k], b[k])
+    la = (tmp_path / 'straight' / 'metrics.jsonl').read_text().splitlines()
+    lb = (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in __import__('json').loads(l).items() if k != 'seconds'}
+                           for l in lines]
+    assert strip(la) == strip(lb)
