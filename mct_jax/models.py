@@ -12,15 +12,18 @@ then flatten -> dense. Parameters are a nested dict pytree::
 Initialisation follows PyTorch's defaults, which the reference learning rates were tuned for:
 weights and biases uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], norm scale 1 and shift 0.
 
-The convolution is :func:`conv3x3`, a ``jax.custom_vjp`` whose backward pass is expressed
-with the same forward convolution (input gradient) and an im2col matrix product (weight
-gradient). Trajectory matching differentiates *through* SGD steps, i.e. takes second-order
-derivatives of the convolution; with plain ``lax.conv_general_dilated`` those lower to
-convolution forms (batch-as-feature "backprop-filter" convolutions) that XLA:CPU executes on
-a very slow path. With the custom rule every derivative order is again a forward
-convolution, a matrix product or a slice, which are fast on every backend. It is verified
-against ``lax.conv_general_dilated`` in value, gradient and second derivative (float64) in
-``tests/test_models.py``.
+The convolution is :func:`conv3x3`, written as im2col: nine shifted slices of the
+zero-padded input concatenated along channels, then one matrix product with the kernel.
+Trajectory matching differentiates *through* SGD steps, i.e. takes second-order derivatives
+of the convolution. With ``lax.conv_general_dilated`` those lower to convolution forms
+(batch-as-feature "backprop-filter" convolutions) that XLA:CPU runs on a very slow path; a
+``custom_vjp`` convolution with an im2col weight gradient helps but still spends most of its
+time in convolutions. In the im2col form every derivative of every order is a matrix
+product, a pad or a slice, which are fast kernels on every backend. Measured on the 2-core
+CPU (width 32, 100 images, N = 2 student steps, one meta-gradient): 2.65 s with the
+custom-VJP convolution, 0.37 s with im2col; first-order training speed is the same (0.16 s
+per batch of 256). It is checked against ``lax.conv_general_dilated`` in value, gradient and
+meta-gradient (float64) in ``tests/test_models.py``.
 """
 
 from __future__ import annotations
@@ -38,16 +41,10 @@ NORMS = ('instancenorm', 'none')
 ACTIVATIONS = {'relu': jax.nn.relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, 0.01),
                'sigmoid': jax.nn.sigmoid}
 POOLS = ('avgpool', 'maxpool', 'none')
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
 INSTANCE_NORM_EPS = 1e-5
 
 
 # ----------------------------------------------------------------------------- convolution
-
-def _plain_conv(x, w):
-    """3x3, stride 1, 'SAME' convolution: x [B, H, W, Ci], w [3, 3, Ci, Co] -> [B, H, W, Co]."""
-    return lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=_DIMS)
-
 
 def _patches(x):
     """im2col for a 3x3 'SAME' window: [B, H, W, C] -> [B, H, W, 9 * C], (dy, dx, c) order.
@@ -60,9 +57,8 @@ def _patches(x):
         [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], axis=-1)
 
 
-@jax.custom_vjp
 def conv3x3(x, w):
-    """3x3 'SAME' convolution with fast derivatives of every order.
+    """3x3, stride 1, 'SAME' convolution as an im2col matrix product.
 
     Args:
       x: [B, H, W, C_in] images.
@@ -70,27 +66,7 @@ def conv3x3(x, w):
     Returns:
       [B, H, W, C_out].
     """
-    return _plain_conv(x, w)
-
-
-def _conv3x3_fwd(x, w):
-    return _plain_conv(x, w), (x, w)
-
-
-def _conv3x3_bwd(res, g):
-    x, w = res
-    # Input gradient: the transposed convolution is a forward 'SAME' convolution with the
-    # spatially flipped kernel and in/out channels swapped. Calling conv3x3 (not lax) keeps
-    # the next derivative order on this same fast rule.
-    w_t = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)
-    dx = conv3x3(g, w_t)
-    # Weight gradient: im2col matrix product instead of a batch-as-feature convolution.
-    ci, co = w.shape[2], w.shape[3]
-    dw = jnp.einsum('bhwk,bhwo->ko', _patches(x), g).reshape(3, 3, ci, co)
-    return dx, dw
-
-
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+    return jnp.einsum('bhwk,ko->bhwo', _patches(x), w.reshape(-1, w.shape[-1]))
 
 
 # ----------------------------------------------------------------------------- layers

@@ -90,7 +90,7 @@ def _lax_conv(x, w):
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def test_custom_conv_matches_lax_to_second_order(key):
+def test_im2col_conv_matches_lax_to_second_order(key):
     """Value, gradient and a Hessian-vector-like second derivative, float64, tight."""
     with jax.enable_x64(True):
         k1, k2, k3 = jax.random.split(key, 3)
