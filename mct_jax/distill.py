@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from mct_jax import checkpoint, data, evaluate, expert, parallel, trajectory
+from mct_jax import checkpoint, cli, data, evaluate, expert, parallel, trajectory
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -369,4 +369,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

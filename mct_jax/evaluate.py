@@ -14,7 +14,6 @@ Command line::
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -24,7 +23,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from mct_jax import checkpoint, data, train
+from mct_jax import cli, train
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -135,4 +134,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from mct_jax import checkpoint, data, train, trajectory
+from mct_jax import checkpoint, cli, data, train, trajectory
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -286,4 +286,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

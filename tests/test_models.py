@@ -1,5 +1,5 @@
 """ConvNet: exact parameter counts, forward pass against a float64 NumPy loop, and the
-custom-VJP convolution against lax in value, gradient and second derivative."""
+im2col convolution against lax in value, gradient and second derivative."""
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +115,7 @@ def test_im2col_conv_matches_lax_to_second_order(key):
 
 
 def test_meta_gradient_through_network_matches_lax(key):
-    """Second-order gradient through the whole ConvNet with the custom conv equals the one
+    """Second-order gradient through the whole ConvNet with the im2col conv equals the one
     with lax's convolution (float64)."""
     with jax.enable_x64(True):
         params = models.init(key, (8, 8, 2), 3, 4, 2, dtype=jnp.float64)
