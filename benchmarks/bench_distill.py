@@ -1,0 +1,247 @@
+"""Benchmark: one distillation outer iteration, ours (JAX) against the PyTorch reference style.
+
+    python benchmarks/bench_distill.py                      # the full grid
+    python benchmarks/bench_distill.py --widths=32 --steps=10,20 --ipcs=10
+
+For each (width, N, ipc) of the grid it times, side by side in one run and close together
+in time, one outer iteration (N student steps, the exact meta-gradient, the update) of:
+ours without and with ``--remat``, and the PyTorch version of ``torch_reference.py`` (flat
+parameters, ``create_graph=True``, as the reference MTT code). Every measurement runs in
+its own child process (so peak memory is that configuration's own) on the same inputs:
+CIFAR-shaped 32x32x3 images, 10 classes, all ``10 * ipc`` synthetic images in every step,
+no augmentation on either side (so both compute exactly the same thing; the parity test
+``tests/test_torch_parity.py`` checks they do).
+
+Reported per configuration: seconds per iteration (median of ``--repeats`` after a warm-up),
+compile time, XLA's FLOP count of the meta-gradient and the achieved GFLOP/s against the
+machine's matrix-multiply rate measured in the same run, peak resident memory of the child
+(MB) and XLA's own buffer estimate, and our time over PyTorch's. Configurations whose
+predicted memory exceeds ``--max_gb`` are skipped and marked so. Results go to a Markdown
+table on stdout and to JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _inputs(width, ipc, seed=0):
+    import jax
+    from mct_jax import models
+    m = models.convnet((32, 32, 3), 10, width, 3)
+    start = m.init(jax.random.key(seed))
+    target = jax.tree.map(lambda a, b: a + 0.1 * b, start, m.init(jax.random.key(seed + 1)))
+    images = jax.random.normal(jax.random.key(seed + 2), (10 * ipc, 32, 32, 3))
+    labels = jax.numpy.arange(10 * ipc) % 10
+    return m, start, target, images, labels
+
+
+def child_jax(width, steps, ipc, remat, repeats, max_gb):
+    import jax
+    import jax.numpy as jnp
+    from mct_jax import distill, rollout
+    m, start, target, images, labels = _inputs(width, ipc)
+    lr = jnp.float32(0.01)
+    key = jax.random.key(0)
+    grad_fn = jax.jit(lambda im, r, k: jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
+        im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat))
+    t0 = time.perf_counter()
+    compiled = grad_fn.lower(images, lr, key).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    xla_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get('flops', float('nan')))
+    out = dict(compile_s=compile_s, xla_gb=xla_bytes / 1e9, flops=flops)
+    if xla_bytes > max_gb * 1e9:
+        return dict(out, skipped=f'predicted {xla_bytes / 1e9:.1f} GB > --max_gb={max_gb}')
+    tx = distill.make_optimizer(100.0, 1e-5)
+    update = distill.make_update(tx)
+    syn = {'images': images, 'lr': lr}
+    opt = tx.init(syn)
+
+    def iteration(syn, opt, i):
+        loss, (gi, gl) = compiled(syn['images'], syn['lr'], jax.random.fold_in(key, i))
+        syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
+        return jax.block_until_ready((syn, opt))
+
+    syn, opt = iteration(syn, opt, 0)  # warm-up (also compiles the update)
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        syn, opt = iteration(syn, opt, i + 1)
+        times.append(time.perf_counter() - t0)
+    return dict(out, seconds=statistics.median(times), all_seconds=times,
+                peak_rss_mb=_peak_rss_mb())
+
+
+def child_torch(width, steps, ipc, repeats, threads):
+    import numpy as np
+    import torch
+    sys.path.insert(0, REPO)
+    from benchmarks import torch_reference
+    torch.set_num_threads(threads)
+    m, start, target, images, labels = _inputs(width, ipc)
+    net = torch_reference.FlatConvNet(3, width, 3, 10, 32)
+    t_start, t_img = torch_reference.from_jax(start, images)
+    t_target, _ = torch_reference.from_jax(target, images)
+    t_labels = torch.tensor(np.asarray(labels))
+    t_img.requires_grad_(True)
+    t_lr = torch.tensor(0.01, requires_grad=True)
+    opt = torch.optim.SGD([t_img], lr=100.0, momentum=0.5)
+    opt_lr = torch.optim.SGD([t_lr], lr=1e-5, momentum=0.5)
+
+    def iteration():
+        _, gi, gl = torch_reference.meta_loss_and_grads(net, t_img, t_labels, t_lr, t_start,
+                                                        t_target, steps)
+        t_img.grad, t_lr.grad = gi, gl
+        opt.step()
+        opt_lr.step()
+
+    iteration()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        iteration()
+        times.append(time.perf_counter() - t0)
+    return dict(seconds=statistics.median(times), all_seconds=times, peak_rss_mb=_peak_rss_mb(),
+                threads=torch.get_num_threads())
+
+
+def child_matmul():
+    """The machine's float32 matrix-multiply rate through XLA (GFLOP/s)."""
+    import jax
+    import jax.numpy as jnp
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float('inf')
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return dict(gflops=2 * n ** 3 / best / 1e9)
+
+
+def _spawn(args, timeout):
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps(args)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return dict(skipped=f'timed out after {timeout} s')
+    if proc.returncode:
+        return dict(skipped=f'failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--widths', default='32,64,128')
+    p.add_argument('--steps', default='10,20,40')
+    p.add_argument('--ipcs', default='1,10')
+    p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--max_gb', type=float, default=10.0)
+    p.add_argument('--timeout', type=int, default=1800)
+    p.add_argument('--no_torch', action='store_true')
+    p.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_distill.json'))
+    p.add_argument('--child', default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        c = json.loads(a.child)
+        kind = c.pop('kind')
+        fn = {'jax': child_jax, 'torch': child_torch, 'matmul': child_matmul}[kind]
+        print(json.dumps(fn(**c)))
+        return
+
+    threads = os.cpu_count()
+    matmul = _spawn({'kind': 'matmul'}, 600)
+    rows = []
+    for width in map(int, a.widths.split(',')):
+        for steps in map(int, a.steps.split(',')):
+            for ipc in map(int, a.ipcs.split(',')):
+                row = dict(width=width, N=steps, ipc=ipc)
+                for remat in (False, True):
+                    row['jax_remat' if remat else 'jax'] = _spawn(
+                        dict(kind='jax', width=width, steps=steps, ipc=ipc, remat=remat,
+                             repeats=a.repeats, max_gb=a.max_gb), a.timeout)
+                predicted = row['jax'].get('xla_gb', 0)
+                if a.no_torch:
+                    row['torch'] = dict(skipped='--no_torch')
+                elif predicted > a.max_gb:
+                    row['torch'] = dict(skipped=f'graph of all N steps predicted ~{predicted:.0f}'
+                                                f' GB > --max_gb={a.max_gb}')
+                else:
+                    row['torch'] = _spawn(dict(kind='torch', width=width, steps=steps, ipc=ipc,
+                                               repeats=a.repeats, threads=threads), a.timeout)
+                ours = [row[k]['seconds'] for k in ('jax', 'jax_remat') if 'seconds' in row[k]]
+                if ours and 'seconds' in row['torch']:
+                    row['ours_over_torch'] = min(ours) / row['torch']['seconds']
+                flops = row['jax_remat'].get('flops') or row['jax'].get('flops')
+                if ours and flops:
+                    row['gflops_achieved'] = flops / min(ours) / 1e9
+                rows.append(row)
+                print(_fmt_row(row), flush=True)
+                _save(a.out, matmul, rows)  # after every row: a long grid keeps what it has
+    print()
+    print(f"matrix multiply (XLA, float32, 2048^2): {matmul.get('gflops', float('nan')):.0f} GFLOP/s")
+    print(table(rows))
+
+
+def _save(path, matmul, rows):
+    result = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
+                               matmul_gflops=matmul.get('gflops')),
+                  note='no augmentation on either side; seconds = median of repeats after '
+                       'a warm-up; FLOPs from XLA cost analysis of the meta-gradient '
+                       '(without remat recomputation)',
+                  rows=rows)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+
+
+def _s(d, key='seconds', fmt='{:.2f}'):
+    if 'skipped' in d:
+        return 'skip'
+    return fmt.format(d[key]) if key in d else '-'
+
+
+def _fmt_row(r):
+    return (f"width {r['width']} N {r['N']} ipc {r['ipc']}: jax {_s(r['jax'])} s, "
+            f"remat {_s(r['jax_remat'])} s, torch {_s(r['torch'])} s")
+
+
+def table(rows) -> str:
+    """Markdown table of a result list."""
+    lines = ['| width | N | ipc | ours (s) | ours, remat (s) | PyTorch (s) | ours / PyTorch | '
+             'GFLOP | GFLOP/s | peak MB: ours / remat / PyTorch |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        ratio = f"{r['ours_over_torch']:.2f}" if 'ours_over_torch' in r else '-'
+        flops = r['jax'].get('flops') or r['jax_remat'].get('flops')
+        gf = f"{flops / 1e9:.0f}" if flops else '-'
+        rate = f"{r['gflops_achieved']:.0f}" if 'gflops_achieved' in r else '-'
+        mem = ' / '.join(_s(r[k], 'peak_rss_mb', '{:.0f}') for k in ('jax', 'jax_remat', 'torch'))
+        lines.append(f"| {r['width']} | {r['N']} | {r['ipc']} | {_s(r['jax'])} | "
+                     f"{_s(r['jax_remat'])} | {_s(r['torch'])} | {ratio} | {gf} | {rate} | {mem} |")
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    main()
