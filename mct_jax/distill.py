@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,7 @@ class Settings(NamedTuple):
     start_sampling: str = 'continuous'
     max_experts: int | None = None
     on_fault: str = 'skip'
+    num_samples: int = 1          # (expert, start) pairs per iteration, averaged
     seed: int = 0
 
 
@@ -75,6 +76,10 @@ def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
                                   'lr': optax.sgd(lr_lr, momentum=0.5)},
                                  {'images': 'images', 'lr': 'lr'})
 
+
+SETTINGS_FILE = 'settings.json'
+# Settings that may differ when a run is resumed: extending it, or evaluating it differently.
+RESUMABLE_CHANGES = ('iterations',)
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
 
@@ -104,13 +109,13 @@ def make_update(tx: optax.GradientTransformation, device=None):
 
 
 def sample_start(seed: int, iteration: int, num_experts: int, max_start: float,
-                 continuous: bool) -> tuple[int, float]:
-    """Expert index and start epoch of one iteration, a pure function of (seed, iteration).
+                 continuous: bool, sample: int = 0) -> tuple[int, float]:
+    """Expert index and start epoch, a pure function of (seed, iteration, sample).
 
     MCT: c ~ U[0, max_start] (eq. 10 makes any real c usable); MTT: an integer in
-    [0, max_start).
+    [0, max_start). ``sample`` numbers the pairs of one iteration (``--num_samples``).
     """
-    rng = np.random.default_rng([seed, iteration])
+    rng = np.random.default_rng([seed, iteration] + ([sample] if sample else []))
     e = int(rng.integers(num_experts))
     if continuous:
         return e, float(rng.uniform(0.0, max_start))
@@ -121,6 +126,8 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
                    num_devices: int) -> list[str]:
     """Every problem with the settings, each with its fix (an empty list when all is well)."""
     problems = []
+    if s.num_samples < 1:
+        problems.append(f'--num_samples={s.num_samples} must be at least 1.')
     if s.ipc < 1:
         problems.append(f'--ipc={s.ipc} must be at least 1.')
     if s.syn_steps < 1:
@@ -196,17 +203,23 @@ class Distiller:
         return jax.device_put(tree, jax.sharding.SingleDeviceSharding(self.devices[0]))
 
     def step(self, syn, opt_state, labels, iteration: int):
-        """One distillation iteration; returns (syn, opt_state, loss, fault, start)."""
+        """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
         s = self.s
-        e, c = sample_start(s.seed, iteration, len(self.trajs), s.max_start_epoch,
-                            s.start_sampling == 'continuous')
-        traj = self.trajs[e]
-        start = self.point(traj, c)
-        target = self.point(traj, min(c + s.expert_epochs, traj.num_epochs))
-        loss, g_img, g_lr = self.meta_grad(syn['images'], syn['lr'], labels, start, target,
-                                           jax.random.fold_in(self.key, iteration))
+        starts, targets, keys, samples = [], [], [], []
+        key = jax.random.fold_in(self.key, iteration)
+        for j in range(s.num_samples):
+            e, c = sample_start(s.seed, iteration, len(self.trajs), s.max_start_epoch,
+                                s.start_sampling == 'continuous', j)
+            traj = self.trajs[e]
+            starts.append(self.point(traj, c))
+            targets.append(self.point(traj, min(c + s.expert_epochs, traj.num_epochs)))
+            keys.append(key if j == 0 else jax.random.fold_in(key, j))
+            samples.append((e, c))
+        stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+        loss, g_img, g_lr = self.meta_grad(syn['images'], syn['lr'], labels, stack(starts),
+                                           stack(targets), jnp.stack(keys))
         syn, opt_state, fault = self.update(syn, opt_state, {'images': g_img, 'lr': g_lr}, loss)
-        return syn, opt_state, float(loss), int(fault), (e, c)
+        return syn, opt_state, float(loss), int(fault), samples
 
     def evaluate(self, syn, labels, iteration: int) -> dict:
         acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
@@ -249,9 +262,26 @@ class Distiller:
 
     # -- loop
 
+    def _check_out_dir(self):
+        """Refuses to resume a run whose settings differ (``--iterations`` may grow)."""
+        path = os.path.join(self.out_dir, SETTINGS_FILE)
+        if not os.path.isfile(path):
+            checkpoint.write_json(path, self.settings_json)
+            return
+        stored = checkpoint.read_json(path)
+        mine = json.loads(json.dumps(self.settings_json))  # tuples -> lists, as stored
+        diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {mine.get(k)!r}'
+                 for k in sorted(set(stored) | set(mine))
+                 if k not in RESUMABLE_CHANGES and stored.get(k) != mine.get(k)]
+        if diffs:
+            raise ValueError(f'{self.out_dir} holds a run with other settings:\n  '
+                             + '\n  '.join(diffs) + '\nUse another --out_dir to start a new '
+                             'run, or the same settings to resume this one.')
+
     def run(self) -> dict:
         s = self.s
         os.makedirs(self.out_dir, exist_ok=True)
+        self._check_out_dir()
         syn, opt_state, labels = self.initial_state()
         metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
         first, best, lines = 0, -np.inf, []
@@ -291,10 +321,11 @@ class Distiller:
             if it == s.iterations:
                 break
             t0 = time.time()
-            syn, opt_state, loss, fault, (e, c) = self.step(syn, opt_state, labels, it)
+            syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
             seconds = time.time() - t0
-            log({'iteration': it, 'loss': loss, 'lr': float(syn['lr']), 'expert': e,
-                 'start': c, 'fault': FAULTS[fault], 'seconds': seconds})
+            log({'iteration': it, 'loss': loss, 'lr': float(syn['lr']),
+                 'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
+                 'fault': FAULTS[fault], 'seconds': seconds})
             if fault:
                 msg = (f'iteration {it}: {FAULTS[fault]}; the update was skipped. Usually '
                        '--lr_img or --lr_lr is too large: lower it.')

@@ -18,7 +18,6 @@ Re-running the same command skips complete experts. Expert i's randomness is
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from mct_jax import checkpoint, cli, data, train, trajectory
 from mct_jax import flags as shared

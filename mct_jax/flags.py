@@ -72,6 +72,8 @@ flags.DEFINE_enum('beta_mode', 'steps', ['steps', 'uniform', 'projected'],
 flags.DEFINE_enum('start_sampling', None, ['continuous', 'integer'],
                   'Start epochs: default continuous for mct, integer for mtt.')
 flags.DEFINE_integer('max_experts', None, 'Use only the first this many experts.')
+flags.DEFINE_integer('num_samples', 1, '(expert, start) pairs per iteration, their rollouts '
+                     'run in parallel (vmap) and their losses averaged; 1 is the reference.')
 flags.DEFINE_enum('on_fault', 'skip', ['skip', 'stop'], 'On a non-finite loss or gradient, or '
                   'a non-positive learned lr: skip that update, or stop the run.')
 

@@ -28,7 +28,11 @@ AXIS = 'devices'
 
 def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = True,
                    remat: bool = False, devices=None):
-    """Builds ``meta_grad(images, lr, labels, theta_start, theta_target, key)``.
+    """Builds ``meta_grad(images, lr, labels, theta_start, theta_target, keys)``.
+
+    ``theta_start``, ``theta_target`` and ``keys`` carry a leading axis of S (expert, start)
+    samples: the loss is the mean of the S matching losses, whose rollouts run together
+    under ``vmap`` (S = 1 is the reference algorithm).
 
     Returns ``(loss, grad_images, grad_lr)`` as single (not per-device) arrays. All
     arguments are replicated to every device. ``batch_size`` must be divisible by the
@@ -45,20 +49,24 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
 
     traces = [0]
 
-    def per_device(images, lr, labels, theta_start, theta_target, key, _):
+    def mean_loss(images, lr, labels, theta_start, theta_target, keys):
+        losses = jax.vmap(lambda a, b, k: loss_fn(images, lr, labels=labels, theta_start=a,
+                                                  theta_target=b, key=k))(
+            theta_start, theta_target, keys)
+        return losses.mean()
+
+    def per_device(images, lr, labels, theta_start, theta_target, keys, _):
         traces[0] += 1  # runs only while tracing: counts compilations
-        loss, (g_img, g_lr) = jax.value_and_grad(
-            lambda im, r: loss_fn(im, r, labels=labels, theta_start=theta_start,
-                                  theta_target=theta_target, key=key),
-            argnums=(0, 1))(images, lr)
+        loss, (g_img, g_lr) = jax.value_and_grad(mean_loss, argnums=(0, 1))(
+            images, lr, labels, theta_start, theta_target, keys)
         return loss, lax.pmean(g_img, AXIS), lax.pmean(g_lr, AXIS)
 
     # pmap needs one mapped argument; everything else is broadcast to every device.
     mapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(None,) * 6 + (0,), devices=devices)
     device_ids = jax.numpy.arange(num)
 
-    def meta_grad(images, lr, labels, theta_start, theta_target, key):
-        out = mapped(images, lr, labels, theta_start, theta_target, key, device_ids)
+    def meta_grad(images, lr, labels, theta_start, theta_target, keys):
+        out = mapped(images, lr, labels, theta_start, theta_target, keys, device_ids)
         # Every device holds the same combined result; hand back device 0's copy as a plain
         # single-device array so that callers' jitted functions see one input layout (a
         # pmap-sharded input would make them recompile).

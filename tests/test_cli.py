@@ -30,9 +30,9 @@ def test_pipeline_through_the_command_lines(tmp_path):
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
     _run('expert', *TINY, f'--expert_dir={experts}')
     assert sorted(os.listdir(experts)) == ['config.json', 'expert_0000', 'expert_0001']
-    for method in ('mct', 'mtt'):
+    for method, samples in (('mct', 1), ('mtt', 2)):
         proc = _run('distill', *TINY, f'--expert_dir={experts}', f'--out_dir={out}_{method}',
-                    f'--method={method}')
+                    f'--method={method}', f'--num_samples={samples}')
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result['iteration'] == 4
         with np.load(os.path.join(f'{out}_{method}', 'best.npz')) as z:
@@ -62,3 +62,19 @@ def test_expert_command_reports_bad_input(args, message, tmp_path):
 def test_distill_without_experts_says_what_to_run(tmp_path):
     proc = _run('distill', *TINY, f'--expert_dir={tmp_path}/none', check=False)
     assert proc.returncode == 2 and 'python -m mct_jax.expert' in proc.stderr
+
+
+PRESETS = sorted(f for f in os.listdir(os.path.join(REPO, 'experiments')) if f.endswith('.cfg'))
+
+
+@pytest.mark.parametrize('preset', PRESETS)
+def test_presets_parse_and_validate(preset):
+    """Every flagfile parses with every entry point's flags and passes the settings check."""
+    code = ('import sys; from absl import flags; from mct_jax import distill; '
+            f'flags.FLAGS(["x", "--flagfile=experiments/{preset}"]); '
+            's = distill.settings_from_flags(); '
+            'p = distill.check_settings(s, flags.FLAGS.train_epochs, None, 1); '
+            'print(p); sys.exit(1 if p else 0)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -82,7 +82,9 @@ def test_devices_give_the_same_update():
     for nd in (1, 2, 4):
         devices = jax.local_devices()[:nd]
         f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices)
-        loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, start, target, jax.random.key(9))
+        batch = lambda t: jax.tree.map(lambda a: a[None], t)
+        loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, batch(start), batch(target),
+                              jax.random.key(9)[None])
         syn = {'images': images, 'lr': jnp.float32(0.05)}
         new, _, fault = distill.make_update(tx)(syn, tx.init(syn), {'images': g_img, 'lr': g_lr},
                                                 loss)
@@ -183,3 +185,32 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, tiny_experts):
     strip = lambda lines: [{k: v for k, v in __import__('json').loads(l).items() if k != 'seconds'}
                            for l in lines]
     assert strip(la) == strip(lb)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_experts):
+    ds, trajs = tiny_experts
+    _tiny_run(tmp_path, trajs, ds, iterations=2, out='r')
+    s = distill.Settings(ipc=2, syn_steps=3, expert_epochs=1, max_start_epoch=1, lr_img=10,
+                         iterations=2, eval_every=2, num_eval=2, eval_epochs=3)
+    m = models.convnet(ds.image_shape, 10, 4, 3)
+    d = distill.Distiller(s, m, ds, trajs, str(tmp_path / 'r'), {'test': True, 'lr_img': 5},
+                          jax.local_devices()[:1])
+    with pytest.raises(ValueError, match='lr_img: folder has None, this run asks for 5'):
+        d.run()
+
+
+def test_several_samples_average_their_losses():
+    m, start, target, images, labels = _setup()
+    f = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2])
+    other = jax.tree.map(lambda a: 1.05 * a, target)
+    keys = jax.random.split(jax.random.key(1), 2)
+    stack = lambda *ts: jax.tree.map(lambda *xs: jnp.stack(xs), *ts)
+    loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, stack(start, start),
+                          stack(target, other), keys)
+    singles = [jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
+        images, jnp.float32(0.05), m.apply, labels, start, t, k, 3, 8) for t, k in
+        [(target, keys[0]), (other, keys[1])]]
+    np.testing.assert_allclose(loss, (singles[0][0] + singles[1][0]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(g_img, (singles[0][1][0] + singles[1][1][0]) / 2, rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(g_lr, (singles[0][1][1] + singles[1][1][1]) / 2, rtol=1e-4)
