@@ -55,7 +55,7 @@ def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
 
 def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, num_steps: int,
             batch_size: int, use_dsa: bool = True, remat: bool = False,
-            axis_name: str | None = None, num_shards: int = 1):
+            axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
 
     Args:
@@ -70,6 +70,8 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
         takes its 1/num_shards of every minibatch. The augmentation is drawn for the whole
         minibatch and then sliced, so the result does not depend on the device count.
+      unroll: ``lax.scan``'s unroll factor (``True``: fully unrolled, e.g. so that XLA's
+        cost analysis counts every step).
     Returns:
       theta_N.
     """
@@ -95,14 +97,14 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
 
     if remat:
         step = jax.checkpoint(step)
-    theta, _ = lax.scan(step, theta_start, (jnp.arange(num_steps), idx))
+    theta, _ = lax.scan(step, theta_start, (jnp.arange(num_steps), idx), unroll=unroll)
     return theta
 
 
 def meta_loss(images, lr, apply_fn, labels, theta_start, theta_target, key, num_steps: int,
               batch_size: int, use_dsa: bool = True, remat: bool = False,
-              axis_name: str | None = None, num_shards: int = 1):
+              axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1):
     """Matching loss of a rollout, as a function of (images, lr) for ``jax.grad``."""
     theta_n = rollout(apply_fn, theta_start, images, labels, lr, key, num_steps, batch_size,
-                      use_dsa, remat, axis_name, num_shards)
+                      use_dsa, remat, axis_name, num_shards, unroll)
     return matching_loss(theta_n, theta_start, theta_target)
