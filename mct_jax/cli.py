@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app
+import jax
+from absl import app, flags
 
 from mct_jax import checkpoint, data
 
@@ -14,12 +16,26 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
                data.DataError, checkpoint.CheckpointError, FloatingPointError)
 
 
+def enable_compilation_cache(path: str) -> None:
+    """Persistent XLA compilation cache: a second run of the same command skips compiling.
+
+    Set here, by the entry points, not by the library: a notebook or another program decides
+    its own JAX settings.
+    """
+    if not path:
+        return
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+    # Cache every program, also the many that compile in well under a second.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
 def run(main) -> None:
     """``app.run(main)``, printing ``error: <message>`` and exiting with status 2 on a user
     error (bad flag values, missing or corrupt files, numerical faults)."""
     def wrapped(argv):
         if len(argv) > 1:
             raise app.UsageError(f'Unexpected arguments {argv[1:]}; all settings are --flags.')
+        enable_compilation_cache(flags.FLAGS.compilation_cache)
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -31,6 +31,9 @@ flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
 flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
 flags.DEFINE_enum('norm', 'instancenorm', models.NORMS, 'ConvNet normalisation.')
 flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same result.')
+flags.DEFINE_string('compilation_cache', os.environ.get('MCT_JAX_CACHE', '~/.cache/mct_jax/xla'),
+                    'Folder of the persistent XLA compilation cache (a second run of a command '
+                    'starts without recompiling); empty to disable. Env: MCT_JAX_CACHE.')
 flags.DEFINE_string('expert_dir', None,
                     'Folder where experts are written and read. Default runs/<dataset>/experts.')
 
