@@ -244,16 +244,17 @@ class Distiller:
             'iteration': np.int64(iteration), 'best': np.float64(best),
             'metrics_lines': np.int64(metrics_lines)})
 
-    def _restore(self, syn, opt_state):
+    def _restore(self, opt_state):
+        """The saved state, or None when the run has no checkpoint yet."""
         path = os.path.join(self.out_dir, 'checkpoint')
         if not os.path.isdir(path):
             return None
         try:
             tree = checkpoint.load_tree(path)
         except checkpoint.CheckpointError as e:
-            logging.warning('%s; starting from scratch is not attempted automatically: remove '
-                            '%s to restart.', e, path)
-            raise
+            raise checkpoint.CheckpointError(
+                f'{e} Nothing was overwritten; remove {path} to restart this run from '
+                'scratch.') from e
         treedef = jax.tree.structure(opt_state)
         opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in tree['opt']])
         syn = jax.tree.map(jnp.asarray, tree['syn'])
@@ -285,7 +286,7 @@ class Distiller:
         syn, opt_state, labels = self.initial_state()
         metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
         first, best, lines = 0, -np.inf, []
-        restored = self._restore(syn, opt_state)
+        restored = self._restore(opt_state)
         if restored:
             syn, opt_state, first, best, n_lines = restored
             with open(metrics_path) as f:

@@ -43,6 +43,9 @@ def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
     DSA family choice turns ``lax.switch`` into computing all six families), so ``'map'``
     is the default.
     """
+    if together not in ('map', 'vmap'):
+        raise ValueError(f"together={together!r}: use 'map' or 'vmap'.")
+
     @jax.jit
     def evaluate(key, images, labels, lr, x_test, y_test):
         n = images.shape[0]
