@@ -1,0 +1,375 @@
+"""Reproduction of the MCT paper's claims on real CIFAR-10, at the scale a 2-core CPU allows.
+
+    python experiments/reproduce_cifar10.py            # about 70 min here; reruns reuse work
+    python experiments/reproduce_cifar10.py --scale=smoke --work=/tmp/r --out=/tmp/r/results
+
+Stages (each cached in ``--work``, so a rerun or a crashed run only does what is missing):
+
+1. experts   ``python -m mct_jax.expert`` with ``experiments/cifar10_local.cfg``: 5 width-32
+             experts of 15 epochs on the first 500 training images per class, stored both ways
+             (MCT anchors + betas, and the full per-epoch trajectory MTT needs).
+2. distill   MTT, MCT, and MCT with integer starts on the convexified trajectory, at ipc 1 and
+             ipc 10: same experts, seed, hyperparameters and iteration budget; each evaluated
+             every few iterations (mean +- std over 5 networks trained from scratch).
+3. baseline  random real images at the same ipc, evaluated the same way.
+4. timing    seconds per distillation iteration and peak memory at ipc 10 for N in {10, 20, 40},
+             with and without ``--remat``, each in its own child process.
+5. report    JSON, a Markdown table and PNG plots in ``--out`` (default experiments/results).
+
+From the accuracy curves: best accuracy, the convergence iteration (the first evaluation after
+which every evaluation stays within 2 points of the run's best) and the spread (std and
+max - min) of the evaluations from there on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PRESET = os.path.join(HERE, 'cifar10_local.cfg')
+
+# name -> (method, start sampling)
+VARIANTS = {'mtt': ('mtt', 'integer'), 'mct': ('mct', 'continuous'),
+            'mct_integer': ('mct', 'integer')}
+LABELS = {'mtt': 'MTT (full trajectory)', 'mct': 'MCT (continuous starts)',
+          'mct_integer': 'MCT, integer starts'}
+
+# Per ipc: N, iterations, evaluate every, evaluation epochs. See the Markdown report for why.
+SCALES = {
+    'cpu': {
+        'data': [],   # the preset as it is: 500 images per class, width 32, 5 experts x 15 epochs
+        'runs': {1: dict(syn_steps=20, iterations=300, eval_every=20, eval_epochs=300),
+                 10: dict(syn_steps=10, iterations=200, eval_every=25, eval_epochs=200)},
+        'common': ['--expert_epochs=2', '--max_start_epoch=8', '--lr_img=1000',
+                   '--lr_lr=1e-07', '--num_eval=5', '--remat'],
+        'timing_steps': [10, 20, 40], 'timing_ipc': 10, 'timing_repeats': 3,
+    },
+    'smoke': {   # a minute-long check that every stage works (tests/test_experiments.py)
+        'data': ['--train_images_per_class=12', '--width=8', '--num_experts=2',
+                 '--train_epochs=4', '--batch_train=32'],
+        'runs': {1: dict(syn_steps=3, iterations=4, eval_every=2, eval_epochs=3),
+                 2: dict(syn_steps=2, iterations=4, eval_every=2, eval_epochs=3)},
+        'common': ['--expert_epochs=1', '--max_start_epoch=2', '--lr_img=100',
+                   '--lr_lr=1e-07', '--num_eval=2', '--remat'],
+        'timing_steps': [2, 3, 4], 'timing_ipc': 2, 'timing_repeats': 1,
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+
+def _run(args: list[str], log_path: str) -> str:
+    """Runs a command from the repository root; its output goes to ``log_path``.
+
+    Returns the last line of standard output; raises with the log's tail on failure.
+    """
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, 'w') as f:
+        proc = subprocess.run([sys.executable] + args, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=f, text=True)
+        f.write(proc.stdout)
+    if proc.returncode:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f'{" ".join(args[:3])} failed (exit {proc.returncode}); see '
+                           f'{log_path}:\n{tail}')
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ''
+
+
+def _data_flags(scale: dict, work: str) -> list[str]:
+    return [f'--flagfile={PRESET}', f'--expert_dir={os.path.join(work, "experts")}',
+            '--compilation_cache=' + os.environ.get('MCT_JAX_CACHE', '~/.cache/mct_jax/xla'),
+            ] + scale['data']
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_experts(scale, work):
+    t0 = time.time()
+    log('experts: training (complete experts in the folder are kept)')
+    _run(['-m', 'mct_jax.expert'] + _data_flags(scale, work),
+         os.path.join(work, 'logs', 'experts.log'))
+    from mct_jax import checkpoint, expert
+    folders = expert.list_experts(os.path.join(work, 'experts'))
+    mct = [checkpoint.folder_bytes(os.path.join(f, 'state')) for f in folders]
+    full = [checkpoint.folder_bytes(os.path.join(f, 'full')) for f in folders]
+    metas = [checkpoint.read_json(os.path.join(f, 'meta.json')) for f in folders]
+    log(f'experts: {len(folders)} ready ({time.time() - t0:.0f} s)')
+    return {'num_experts': len(folders), 'train_seconds': sum(m['seconds'] for m in metas),
+            'final_test_accuracy': [100 * m['test_acc'][-1] for m in metas],
+            'mct_bytes_per_expert': statistics.mean(mct),
+            'mtt_bytes_per_expert': statistics.mean(full),
+            'ratio': statistics.mean(mct) / statistics.mean(full)}
+
+
+def _read_metrics(path):
+    evals, steps = [], []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            (evals if 'eval' in r else steps).append(r)
+    return evals, steps
+
+
+def curve_summary(iterations, means, window: float = 2.0) -> dict:
+    """Best accuracy, convergence iteration and the spread after it.
+
+    The convergence iteration is the first evaluated iteration from which every later
+    evaluation is within ``window`` points of the run's best.
+    """
+    best = max(means)
+    k = len(means) - 1
+    while k > 0 and means[k - 1] >= best - window:
+        k -= 1
+    after = means[k:]
+    return {'best': best, 'best_iteration': iterations[means.index(best)],
+            'converged_at': iterations[k], 'spread_std': statistics.pstdev(after),
+            'spread_range': max(after) - min(after), 'evals_after': len(after),
+            'final': means[-1]}
+
+
+def stage_distill(scale, work, ipc, name):
+    method, sampling = VARIANTS[name]
+    r = scale['runs'][ipc]
+    out = os.path.join(work, f'{name}_ipc{ipc}')
+    args = (['-m', 'mct_jax.distill'] + _data_flags(scale, work) + scale['common'] +
+            [f'--method={method}', f'--start_sampling={sampling}', f'--ipc={ipc}',
+             f'--out_dir={out}'] + [f'--{k}={v}' for k, v in r.items()])
+    cached = os.path.join(out, 'wall_seconds.json')
+    if os.path.isfile(cached):   # finished before: the command would only resume and stop
+        with open(cached) as f:
+            wall = json.load(f)['seconds']
+    else:
+        log(f'distill {name} ipc {ipc}: {r["iterations"]} iterations, N={r["syn_steps"]}')
+        t0 = time.time()
+        _run(args, os.path.join(work, 'logs', f'{name}_ipc{ipc}.log'))
+        wall = time.time() - t0
+        with open(cached, 'w') as f:
+            json.dump({'seconds': wall}, f)
+    evals, steps = _read_metrics(os.path.join(out, 'metrics.jsonl'))
+    its = [e['iteration'] for e in evals]
+    means = [e['eval']['mean'] for e in evals]
+    secs = [s['seconds'] for s in steps[1:]]   # the first iteration includes compiling
+    result = {'name': name, 'method': method, 'start_sampling': sampling, 'ipc': ipc,
+              **r, 'iterations_evaluated': its, 'mean': means,
+              'std': [e['eval']['std'] for e in evals], 'final_lr': evals[-1]['lr'],
+              'seconds_per_iteration': statistics.median(secs) if secs else None,
+              'faults': sum(s['fault'] != 'ok' for s in steps), 'wall_seconds': wall,
+              **curve_summary(its, means)}
+    log(f'distill {name} ipc {ipc}: best {result["best"]:.2f} at {result["best_iteration"]}, '
+        f'converged at {result["converged_at"]} ({wall:.0f} s)')
+    return result
+
+
+def stage_baseline(scale, work, ipc):
+    path = os.path.join(work, f'random_ipc{ipc}.json')
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    r = scale['runs'][ipc]
+    line = _run(['-m', 'mct_jax.evaluate'] + _data_flags(scale, work) + scale['common'] +
+                ['--baseline=random', f'--ipc={ipc}', f'--eval_epochs={r["eval_epochs"]}'],
+                os.path.join(work, 'logs', f'random_ipc{ipc}.log'))
+    result = json.loads(line)
+    with open(path, 'w') as f:
+        json.dump(result, f)
+    log(f'random real ipc {ipc}: {result["mean"]:.2f} +- {result["std"]:.2f}')
+    return result
+
+
+def stage_timing(scale, work):
+    rows = []
+    for steps in scale['timing_steps']:
+        for remat in (False, True):
+            path = os.path.join(work, 'timing', f'N{steps}_remat{int(remat)}.json')
+            if not os.path.isfile(path):
+                log(f'timing N={steps} remat={remat}')
+                line = _run([os.path.abspath(__file__), '--child_timing', str(steps),
+                             str(int(remat)), '--scale', scale['name'], '--work', work],
+                            os.path.join(work, 'logs', f'timing_N{steps}_{int(remat)}.log'))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'w') as f:
+                    f.write(line)
+            with open(path) as f:
+                rows.append(json.load(f))
+    return rows
+
+
+def child_timing(scale, work, steps, remat):
+    """One process: the real distillation step (MCT, real experts and data) timed."""
+    import jax
+    from absl import flags as absl_flags
+
+    from mct_jax import distill
+    from mct_jax import flags as shared
+    FLAGS = absl_flags.FLAGS
+    ipc = scale['timing_ipc']
+    FLAGS([sys.argv[0]] + _data_flags(scale, work) + scale['common'] +
+          [f'--ipc={ipc}', f'--syn_steps={steps}', f'--remat={str(bool(remat)).lower()}'])
+    from mct_jax import cli
+    cli.enable_compilation_cache(FLAGS.compilation_cache)
+    s = distill.settings_from_flags()
+    ds = shared.load_data()
+    m = shared.model_settings(ds)
+    trajs = distill.load_experts(shared.expert_dir(), 'mct', 'steps', None,
+                                 dict(m, **shared.data_settings()))
+    d = distill.Distiller(s, shared.model_from_settings(m), ds, trajs, '/nonexistent', {})
+    syn, opt, labels = d.initial_state()
+    t0 = time.time()
+    syn, opt, loss, _, _ = d.step(syn, opt, labels, 0)
+    jax.block_until_ready(syn)
+    first = time.time() - t0
+    times = []
+    for it in range(1, 1 + scale['timing_repeats']):
+        t0 = time.time()
+        syn, opt, loss, _, _ = d.step(syn, opt, labels, it)
+        jax.block_until_ready(syn)
+        times.append(time.time() - t0)
+    print(json.dumps({'syn_steps': steps, 'remat': bool(remat), 'ipc': ipc,
+                      'seconds': statistics.median(times), 'first_seconds': first,
+                      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      'devices': jax.device_count()}))
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_report(res, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'reproduce_cifar10.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(out, 'reproduce_cifar10.md'), 'w') as f:
+        f.write(md)
+    plots(res, out)
+    return md
+
+
+def markdown(res) -> str:
+    e = res['experts']
+    lines = [f'# CIFAR-10 reproduction at CPU scale ({res["scale"]})', '',
+             f'Command: `{res["command"]}`. Compute: experts {e["train_seconds"] / 60:.1f} min, '
+             f'distillation runs {sum(r["wall_seconds"] for r in res["runs"]) / 60:.1f} min '
+             f'(including their evaluations), on {res["machine"]}.', '',
+             '| ipc | run | best acc. (%) | at it. | final (%) | converged at it. | '
+             'spread after (std / range) | s/it | learned lr |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for ipc in sorted({r['ipc'] for r in res['runs']}):
+        for r in [r for r in res['runs'] if r['ipc'] == ipc]:
+            i = r['mean'].index(r['best'])
+            lines.append(
+                f'| {ipc} | {LABELS[r["name"]]} | {r["best"]:.2f} +- {r["std"][i]:.2f} | '
+                f'{r["best_iteration"]} | {r["final"]:.2f} | {r["converged_at"]} | '
+                f'{r["spread_std"]:.2f} / {r["spread_range"]:.2f} ({r["evals_after"]} evals) | '
+                f'{r["seconds_per_iteration"]:.2f} | {r["final_lr"]:.4g} |')
+        b = res['baselines'][str(ipc)]
+        lines.append(f'| {ipc} | random real images | {b["mean"]:.2f} +- {b["std"]:.2f} | '
+                     '| | | | | |')
+    lines += ['', f'Storage per expert ({e["num_experts"]} experts): MCT (anchors + betas) '
+              f'{e["mct_bytes_per_expert"] / 1e3:.0f} KB, MTT (every epoch) '
+              f'{e["mtt_bytes_per_expert"] / 1e3:.0f} KB: {100 * e["ratio"]:.1f} %.', '',
+              '| N | remat | s/it | peak memory (MB) |', '|---|---|---|---|']
+    for t in res['timing']:
+        lines.append(f'| {t["syn_steps"]} | {t["remat"]} | {t["seconds"]:.2f} | '
+                     f'{t["peak_rss_mb"]:.0f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plots(res, out):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ipcs = sorted({r['ipc'] for r in res['runs']})
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(6 * len(ipcs), 4.2), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs):
+        for r in [r for r in res['runs'] if r['ipc'] == ipc]:
+            m, s = r['mean'], r['std']
+            ax.plot(r['iterations_evaluated'], m, marker='o', ms=3, label=LABELS[r['name']])
+            ax.fill_between(r['iterations_evaluated'], [a - b for a, b in zip(m, s)],
+                            [a + b for a, b in zip(m, s)], alpha=0.15)
+        b = res['baselines'][str(ipc)]
+        ax.axhline(b['mean'], color='gray', ls='--', label='random real images')
+        ax.set(title=f'CIFAR-10, {ipc} image(s) per class', xlabel='distillation iteration',
+               ylabel='test accuracy (%), mean +- std of 5 networks')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'accuracy.png'), dpi=110)
+    plt.close(fig)
+
+    e = res['experts']
+    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    vals = [e['mtt_bytes_per_expert'] / 1e3, e['mct_bytes_per_expert'] / 1e3]
+    ax.bar(['MTT: every epoch', 'MCT: anchors + betas'], vals, color=['tab:blue', 'tab:orange'])
+    for i, v in enumerate(vals):
+        ax.text(i, v, f'{v:.0f} KB', ha='center', va='bottom')
+    ax.set(ylabel='KB per expert on disk', title=f'Trajectory storage ({100 * e["ratio"]:.1f} %)')
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'storage.png'), dpi=110)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for remat in (False, True):
+        rows = sorted([t for t in res['timing'] if t['remat'] == remat],
+                      key=lambda t: t['syn_steps'])
+        n = [t['syn_steps'] for t in rows]
+        label = 'with --remat' if remat else 'without --remat'
+        a1.plot(n, [t['peak_rss_mb'] / 1e3 for t in rows], marker='o', label=label)
+        a2.plot(n, [t['seconds'] for t in rows], marker='o', label=label)
+    a1.set(xlabel='N (student steps)', ylabel='peak memory (GB)', ylim=(0, None))
+    a2.set(xlabel='N (student steps)', ylabel='seconds per iteration', ylim=(0, None))
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle(f'ipc {res["timing"][0]["ipc"]}, one distillation iteration')
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'memory_time_vs_N.png'), dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--scale', choices=sorted(SCALES), default='cpu')
+    p.add_argument('--work', default=os.path.join(REPO, 'runs', 'reproduce_cifar10'),
+                   help='Cache of experts and runs; a rerun reuses what is there.')
+    p.add_argument('--out', default=os.path.join(HERE, 'results'))
+    p.add_argument('--child_timing', nargs=2, type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    scale = dict(SCALES[a.scale], name=a.scale)
+    work = os.path.abspath(a.work)
+    if a.child_timing:
+        return child_timing(scale, work, *a.child_timing)
+    if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
+        sys.exit('error: ../shared/data/cifar10/train.npz is missing beside the project; this '
+                 'experiment needs the offline CIFAR-10 copy there.')
+    t0 = time.time()
+    res = {'scale': a.scale, 'command': 'python experiments/reproduce_cifar10.py' +
+           ('' if a.scale == 'cpu' else f' --scale={a.scale}'),
+           'machine': f'{os.cpu_count()} CPU cores', 'preset': os.path.relpath(PRESET, REPO),
+           'settings': {'common': scale['common'], 'data': scale['data'],
+                        'runs': {str(k): v for k, v in scale['runs'].items()}}}
+    res['experts'] = stage_experts(scale, work)
+    res['runs'] = [stage_distill(scale, work, ipc, name)
+                   for ipc in sorted(scale['runs']) for name in VARIANTS]
+    res['baselines'] = {str(ipc): stage_baseline(scale, work, ipc) for ipc in scale['runs']}
+    res['timing'] = stage_timing(scale, work)
+    res['seconds'] = time.time() - t0
+    md = write_report(res, a.out)
+    print(md)
+    log(f'done in {res["seconds"] / 60:.1f} min; results in {a.out}')
+
+
+if __name__ == '__main__':
+    main()
