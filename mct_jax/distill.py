@@ -8,6 +8,9 @@ MTT (full trajectories, integer starts), METHOD.md section 4.
     best.npz        the best evaluated one (never replaced by a worse or broken set)
     metrics.jsonl   one JSON line per iteration and per evaluation
     checkpoint/     Orbax: the whole state; re-running the same command resumes from it
+    tensorboard/    the same metrics and the image grids as TensorBoard events
+    synthetic.png   the latest synthetic images (one row per class; images/ keeps every
+                    evaluation's grid), progress.png: accuracy, loss and learned lr curves
 
 The synthetic set is a pytree ``{'images': [n, H, W, C], 'lr': []}`` updated by SGD with
 momentum 0.5 (``lr_img`` and ``lr_lr``). Iteration t draws its expert and start from
@@ -29,7 +32,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from mct_jax import checkpoint, cli, data, evaluate, expert, parallel, trajectory
+from mct_jax import checkpoint, cli, data, evaluate, expert, monitor, parallel, trajectory
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -173,10 +176,12 @@ class Distiller:
     """Holds the compiled pieces of one distillation run; :meth:`run` does the loop."""
 
     def __init__(self, s: Settings, model, ds: data.Dataset, trajectories: list,
-                 out_dir: str, settings_json: dict, devices=None):
+                 out_dir: str, settings_json: dict, devices=None, progress: str = 'auto',
+                 tensorboard: bool = True, pictures: bool = True):
         self.s, self.model, self.ds, self.trajs = s, model, ds, trajectories
         self.out_dir = out_dir
         self.settings_json = settings_json
+        self.progress, self.tensorboard, self.pictures = progress, tensorboard, pictures
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
         self.meta_grad = parallel.make_meta_grad(model.apply, s.syn_steps, self.batch, s.dsa,
@@ -186,7 +191,7 @@ class Distiller:
         self.update = make_update(self.tx, self.devices[0])
         self.point = jax.jit(trajectory.point)
         self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
-                                                 use_dsa=s.dsa)
+                                                 use_dsa=s.dsa, together='loop')
         self.key = jax.random.key(s.seed)
         self.x_test, self.y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
 
@@ -222,9 +227,25 @@ class Distiller:
         return syn, opt_state, float(loss), int(fault), samples
 
     def evaluate(self, syn, labels, iteration: int) -> dict:
-        acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
-                             syn['images'], labels, syn['lr'], self.x_test, self.y_test)
+        with monitor.Progress(self.s.num_eval, f'evaluate it {iteration}', unit='net',
+                              mode=self.progress, leave=False) as bar:
+            acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
+                                 syn['images'], labels, syn['lr'], self.x_test, self.y_test,
+                                 on_network=lambda i, a: bar.update(acc=100 * a))
         return evaluate.summarize(acc)
+
+    def _pictures(self, syn, labels, iteration, writer):
+        grid = monitor.image_grid(self.ds.to_display(np.asarray(syn['images'])),
+                                  np.asarray(labels), self.ds.class_names)
+        os.makedirs(os.path.join(self.out_dir, 'images'), exist_ok=True)
+        monitor.save_png(os.path.join(self.out_dir, 'images', f'iteration_{iteration:06d}.png'),
+                         grid)
+        monitor.save_png(os.path.join(self.out_dir, 'synthetic.png'), grid)
+        if writer:
+            writer.image('synthetic_images', iteration, grid)
+        monitor.plot_distillation(os.path.join(self.out_dir, 'metrics.jsonl'),
+                                  os.path.join(self.out_dir, 'progress.png'),
+                                  f'{self.s.method.upper()}, ipc {self.s.ipc}, N {self.s.syn_steps}')
 
     # -- files
 
@@ -295,51 +316,69 @@ class Distiller:
         with open(metrics_path, 'w') as f:
             f.write(''.join(line + '\n' for line in lines))
         metrics = open(metrics_path, 'a')
+        writer = (monitor.EventWriter(os.path.join(self.out_dir, 'tensorboard'),
+                                      purge_step=first if restored else None)
+                  if self.tensorboard else None)
+        bar = monitor.Progress(s.iterations, 'distill', initial=first, mode=self.progress)
 
         def log(record):
             metrics.write(json.dumps(record) + '\n')
             metrics.flush()
             lines.append(None)
 
-        start_time = time.time()
-        result = {}
-        for it in range(first, s.iterations + 1):
-            if it % s.eval_every == 0 or it == s.iterations:
-                if not (restored and it == first):
+        result, last_acc = {}, None
+        try:
+            for it in range(first, s.iterations + 1):
+                if (it % s.eval_every == 0 or it == s.iterations) and not (restored and it == first):
                     summary = self.evaluate(syn, labels, it)
+                    last_acc = summary['mean']
                     log({'iteration': it, 'eval': summary, 'lr': float(syn['lr'])})
-                    logging.info('iteration %d: accuracy %.2f +- %.2f %% (lr %.4g)', it,
-                                 summary['mean'], summary['std'], float(syn['lr']))
+                    bar.write(f'iteration {it}: accuracy {summary["mean"]:.2f} +- '
+                              f'{summary["std"]:.2f} % (lr {float(syn["lr"]):.4g})')
                     self._npz(os.path.join(self.out_dir, 'synthetic.npz'), syn, labels, it,
                               summary)
                     if summary['mean'] > best:
                         best = summary['mean']
                         self._npz(os.path.join(self.out_dir, 'best.npz'), syn, labels, it,
                                   summary)
+                    if writer:
+                        writer.scalars(it, {'eval/accuracy_mean': summary['mean'],
+                                            'eval/accuracy_std': summary['std'],
+                                            'eval/best': best})
+                        writer.flush()
+                    if self.pictures:
+                        self._pictures(syn, labels, it, writer)
                     self._save_checkpoint(syn, opt_state, it, best, len(lines))
                     result = {'iteration': it, 'accuracy': summary, 'best': best,
                               'lr': float(syn['lr'])}
-            if it == s.iterations:
-                break
-            t0 = time.time()
-            syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
-            seconds = time.time() - t0
-            log({'iteration': it, 'loss': loss, 'lr': float(syn['lr']),
-                 'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
-                 'fault': FAULTS[fault], 'seconds': seconds})
-            if fault:
-                msg = (f'iteration {it}: {FAULTS[fault]}; the update was skipped. Usually '
-                       '--lr_img or --lr_lr is too large: lower it.')
-                if s.on_fault == 'stop':
-                    metrics.close()
-                    raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
-                logging.warning(msg)
-            done = it + 1 - first
-            rate = (time.time() - start_time) / done
-            logging.info('iteration %d/%d  loss %.4f  lr %.4g  %.2fs/it  ETA %.0fs', it + 1,
-                         s.iterations, loss, float(syn['lr']), seconds,
-                         rate * (s.iterations - it - 1))
-        metrics.close()
+                if it == s.iterations:
+                    break
+                t0 = time.time()
+                syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
+                seconds = time.time() - t0
+                lr = float(syn['lr'])
+                log({'iteration': it, 'loss': loss, 'lr': lr,
+                     'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
+                     'fault': FAULTS[fault], 'seconds': seconds})
+                if writer:
+                    writer.scalars(it, {'train/matching_loss': loss, 'train/learned_lr': lr,
+                                        'train/seconds_per_iteration': seconds,
+                                        'train/fault': fault})
+                if fault:
+                    msg = (f'iteration {it}: {FAULTS[fault]}; the update was skipped. Usually '
+                           '--lr_img or --lr_lr is too large: lower it.')
+                    if s.on_fault == 'stop':
+                        raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
+                    bar.write('warning: ' + msg)
+                stats = {'loss': loss, 'lr': lr}
+                if last_acc is not None:
+                    stats['acc'] = round(last_acc, 2)
+                bar.update(**stats)
+        finally:
+            bar.close()
+            metrics.close()
+            if writer:
+                writer.close()
         return result
 
 
@@ -396,7 +435,8 @@ def main(argv):
                          num_experts_used=len(trajs))
     logging.info('Distilling %s, %d experts, %s -> %s', FLAGS.dataset, len(trajs), s, out_dir)
     result = Distiller(s, shared.model_from_settings(m_settings), ds, trajs, out_dir,
-                       settings_json).run()
+                       settings_json, progress=FLAGS.progress, tensorboard=FLAGS.tensorboard,
+                       pictures=FLAGS.pictures).run()
     print(json.dumps(result))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from mct_jax import cli, train
+from mct_jax import cli, monitor, train
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -33,21 +33,26 @@ FLAGS = flags.FLAGS
 def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
                    momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True,
                    together: str = 'map'):
-    """Builds a jitted ``evaluate(key, images, labels, lr, x_test, y_test) -> acc [num_nets]``.
+    """Builds ``evaluate(key, images, labels, lr, x_test, y_test) -> acc [num_nets]``.
 
     Network i is initialised from ``fold_in(key, i)``; the learning rate ``lr`` is traced,
-    so a changing learned lr does not recompile. All networks are trained in one compiled
-    program: ``together='vmap'`` batches them, ``'map'`` (``lax.map``) runs them one after
-    another inside it. Measured on the 2-core CPU (``benchmarks/bench_eval.py``) the
-    vmapped form was 0.6-0.85x the speed of separate runs (under ``vmap`` each network's own
-    DSA family choice turns ``lax.switch`` into computing all six families), so ``'map'``
-    is the default.
-    """
-    if together not in ('map', 'vmap'):
-        raise ValueError(f"together={together!r}: use 'map' or 'vmap'.")
+    so a changing learned lr does not recompile. ``together`` chooses how the networks run:
 
-    @jax.jit
-    def evaluate(key, images, labels, lr, x_test, y_test):
+    * ``'map'``: one compiled program, ``lax.map`` over the networks (one after another);
+    * ``'vmap'``: one compiled program, the networks batched;
+    * ``'loop'``: one compiled program per network, called from Python, so progress can be
+      shown between networks: ``evaluate(..., on_network=f)`` calls ``f(i, accuracy)``.
+
+    Every mode computes the same networks. Measured on the 2-core CPU
+    (``benchmarks/bench_eval.py``) the vmapped form was 0.6-0.85x the speed of separate runs
+    (under ``vmap`` each network's own DSA family choice turns ``lax.switch`` into computing
+    all six families) and ``'map'`` 1.02-1.19x, so ``'map'`` is the default and ``'loop'``
+    costs little.
+    """
+    if together not in ('map', 'vmap', 'loop'):
+        raise ValueError(f"together={together!r}: use 'map', 'vmap' or 'loop'.")
+
+    def one_net(k, images, labels, lr, x_test, y_test):
         n = images.shape[0]
         steps_per_epoch = -(-n // min(batch_size, n))
         boundary = (epochs // 2) * steps_per_epoch
@@ -57,23 +62,40 @@ def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
         # PyTorch SGD order: weight decay is added to the gradient before momentum.
         tx = optax.chain(optax.add_decayed_weights(weight_decay),
                          optax.sgd(schedule, momentum=momentum))
+        params = model.init(jax.random.fold_in(k, 0))
 
-        def one_net(k):
-            params = model.init(jax.random.fold_in(k, 0))
+        def epoch(carry, e):
+            p, s = carry
+            p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
+                                      jax.random.fold_in(k, e + 1), batch_size, use_dsa)
+            return (p, s), None
+        (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
+        return train.predict_correct(model.apply, params, x_test, y_test) / x_test.shape[0]
 
-            def epoch(carry, e):
-                p, s = carry
-                p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
-                                          jax.random.fold_in(k, e + 1), batch_size, use_dsa)
-                return (p, s), None
-            (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
-            return train.predict_correct(model.apply, params, x_test, y_test) / x_test.shape[0]
+    def net_keys(key):
+        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_nets))
 
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_nets))
+    if together == 'loop':
+        one = jax.jit(one_net)
+        keys_of = jax.jit(net_keys)
+
+        def evaluate(key, images, labels, lr, x_test, y_test, on_network=None):
+            keys, accs = keys_of(key), []
+            for i in range(num_nets):
+                accs.append(one(keys[i], images, labels, lr, x_test, y_test))
+                if on_network is not None:
+                    on_network(i, float(accs[-1]))
+            return jnp.stack(accs)
+        evaluate.network = one   # the compiled per-network program
+        return evaluate
+
+    @jax.jit
+    def evaluate_all(key, images, labels, lr, x_test, y_test):
+        run = lambda k: one_net(k, images, labels, lr, x_test, y_test)
         if together == 'vmap':
-            return jax.vmap(one_net)(keys)
-        return jax.lax.map(one_net, keys)
-    return evaluate
+            return jax.vmap(run)(net_keys(key))
+        return jax.lax.map(run, net_keys(key))
+    return evaluate_all
 
 
 def random_real_subset(key, x, y, num_classes: int, ipc: int):
@@ -135,9 +157,12 @@ def main(argv):
         lr, name = FLAGS.lr_teacher, f'random real, ipc {FLAGS.ipc}'
     else:
         images, labels, lr, name = ds.x_train, ds.y_train, FLAGS.lr_teacher, 'full training set'
-    evaluate = make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs, use_dsa=FLAGS.dsa)
-    acc = evaluate(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
-                   jnp.float32(lr), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))
+    evaluate = make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs, use_dsa=FLAGS.dsa,
+                              together='loop')
+    with monitor.Progress(FLAGS.num_eval, 'evaluate', unit='net', mode=FLAGS.progress) as bar:
+        acc = evaluate(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
+                       jnp.float32(lr), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test),
+                       on_network=lambda i, a: bar.update(acc=round(100 * a, 2)))
     s = summarize(acc)
     logging.info('%s: %.2f +- %.2f %% over %d networks (%d images, lr %.4g, %d epochs)',
                  name, s['mean'], s['std'], FLAGS.num_eval, len(images), lr, FLAGS.eval_epochs)

@@ -18,6 +18,7 @@ Re-running the same command skips complete experts. Expert i's randomness is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 from absl import flags, logging
 
-from mct_jax import checkpoint, cli, data, train, trajectory
+from mct_jax import checkpoint, cli, data, monitor, train, trajectory
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -64,10 +65,53 @@ def make_epoch_fn(apply_fn, lr: float, batch_size: int):
     return epoch
 
 
+def _leaves_to_npz(path: str, tree) -> None:
+    checkpoint.write_npz(path, **{f'leaf_{i:03d}': np.asarray(a)
+                                  for i, a in enumerate(jax.tree.leaves(tree))})
+
+
+def _npz_to_tree(path: str, like):
+    with np.load(path) as z:
+        leaves = [z[f'leaf_{i:03d}'] for i in range(len(z.files))]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _save_progress(folder: str, t: int, params, norms, train_acc, test_acc, anchors,
+                   before_anchor) -> None:
+    """The running state after epoch t, so a killed expert resumes at epoch t + 1."""
+    checkpoint.save_tree(os.path.join(folder, 'state'), {
+        'epoch': np.int64(t), 'params': _to_numpy(params),
+        'norms': np.stack(norms).astype(np.float32),
+        'train_acc': np.asarray(train_acc, np.float64),
+        'test_acc': np.asarray(test_acc, np.float64),
+        'anchors': {str(a): v for a, v in anchors.items()},
+        'before_anchor': {str(a): v for a, v in before_anchor.items()}})
+
+
+def _load_progress(folder: str, like_params):
+    """(t, params, norms, train_acc, test_acc, anchors, before_anchor) or None."""
+    path = os.path.join(folder, 'state')
+    if not os.path.isdir(path):
+        return None
+    try:
+        st = checkpoint.load_tree(path)
+    except checkpoint.CheckpointError as e:
+        logging.warning('Ignoring an unreadable in-progress expert state (%s); the expert '
+                        'restarts from epoch 0.', e)
+        return None
+    treedef = jax.tree.structure(like_params)
+    as_tree = lambda v: jax.tree.unflatten(treedef, jax.tree.leaves(v))
+    return (int(st['epoch']), as_tree(st['params']), list(np.asarray(st['norms'])),
+            [float(a) for a in st['train_acc']], [float(a) for a in st['test_acc']],
+            {int(a): as_tree(v) for a, v in st['anchors'].items()},
+            {int(a): as_tree(v) for a, v in st['before_anchor'].items()})
+
+
 def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
                  anchor_epochs: Sequence[int], lr: float = 0.01, batch_size: int = 256,
                  smooth_anchors: bool = False, keep_snapshots: bool = False,
-                 epoch_fn=None, log_prefix: str = '') -> ExpertRun:
+                 epoch_fn=None, log_prefix: str = '', progress_dir: str | None = None,
+                 on_epoch=None) -> ExpertRun:
     """Trains one expert, recording step norms and anchors without keeping past epochs.
 
     Args:
@@ -81,24 +125,42 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
         mean(theta(a-1), theta(a+1)) and the last by mean(theta(K-1), theta(K)).
       keep_snapshots: also return all K+1 snapshots (the MTT format).
       epoch_fn: a cached :func:`make_epoch_fn` (avoids recompiling per expert).
+      progress_dir: if given, the running state is saved there after every epoch and a
+        state found there is resumed (bit-identical to an uninterrupted run: epoch t only
+        depends on the parameters after epoch t - 1 and on ``fold_in(key, t)``).
+      on_epoch: called as ``on_epoch(t, train_acc, test_acc)`` after each epoch.
     """
     anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
     epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size)
     params = model.init(jax.random.fold_in(key, 0))
     anchors: dict[int, Any] = {0: _to_numpy(params)}
     before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it
-    snapshots = [_to_numpy(params)] if keep_snapshots else None
     norms, train_acc = [], []
     test_acc = [float(train.accuracy(model.apply, params, x_test, y_test))]
+    done = 0
+    in_memory = [_to_numpy(params)] if keep_snapshots and not progress_dir else None
+    snap_path = lambda t: os.path.join(progress_dir, 'snapshots', f'epoch_{t:04d}.npz')
+    if progress_dir:
+        saved = _load_progress(progress_dir, params)
+        if saved and keep_snapshots and not all(os.path.isfile(snap_path(t))
+                                                for t in range(saved[0] + 1)):
+            logging.warning('%sin-progress snapshots are incomplete; restarting the expert.',
+                            log_prefix)
+            saved = None
+        if saved:
+            done, params, norms, train_acc, test_acc, anchors, before_anchor = saved
+            params = jax.tree.map(jnp.asarray, params)
+            logging.info('%sresuming after epoch %d of %d', log_prefix, done, num_epochs)
+        elif keep_snapshots:
+            os.makedirs(os.path.dirname(snap_path(0)), exist_ok=True)
+            _leaves_to_npz(snap_path(0), params)
     start = time.time()
-    for t in range(1, num_epochs + 1):
+    for t in range(done + 1, num_epochs + 1):
         prev = params
         params, step_norm, correct = epoch_fn(params, x_train, y_train, jax.random.fold_in(key, t))
         norms.append(np.asarray(step_norm))
         train_acc.append(float(correct) / x_train.shape[0])
         test_acc.append(float(train.accuracy(model.apply, params, x_test, y_test)))
-        if keep_snapshots:
-            snapshots.append(_to_numpy(params))
         if smooth_anchors:
             if t + 1 in anchor_epochs[1:-1]:
                 before_anchor[t + 1] = _to_numpy(params)
@@ -110,10 +172,19 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
                                           prev, params)
         elif t in anchor_epochs:
             anchors[t] = _to_numpy(params)
-        elapsed = time.time() - start
-        logging.info('%sepoch %d/%d  train acc %.3f  test acc %.3f  %.1fs  ETA %.0fs',
-                     log_prefix, t, num_epochs, train_acc[-1], test_acc[-1], elapsed,
-                     elapsed / t * (num_epochs - t))
+        if in_memory is not None:
+            in_memory.append(_to_numpy(params))
+        if progress_dir and t < num_epochs:
+            if keep_snapshots:
+                _leaves_to_npz(snap_path(t), params)
+            _save_progress(progress_dir, t, params, norms, train_acc, test_acc, anchors,
+                           before_anchor)
+        if on_epoch is not None:
+            on_epoch(t, train_acc[-1], test_acc[-1])
+    snapshots = in_memory
+    if keep_snapshots and progress_dir:   # epochs 0..K-1 were kept on disk, K is in memory
+        snapshots = [_npz_to_tree(snap_path(t), params) for t in range(num_epochs)]
+        snapshots.append(_to_numpy(params))
     return ExpertRun([anchors[a] for a in anchor_epochs], anchor_epochs,
                      np.stack(norms).astype(np.float32), snapshots, train_acc, test_acc)
 
@@ -217,12 +288,35 @@ def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+def leaf_names(params) -> list[str]:
+    """Readable names of a parameter tree's leaves, in ``jax.tree.leaves`` order."""
+    paths, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [jax.tree_util.keystr(p, simple=True, separator='/') for p, _ in paths]
+
+
+def write_expert_outputs(folder: str, run: ExpertRun, params_like, title: str = '') -> None:
+    """``metrics.jsonl`` (one line per epoch) and ``expert.png`` (betas, accuracy)."""
+    with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
+        f.write(json.dumps({'epoch': 0, 'test_acc': run.test_acc[0]}) + '\n')
+        for t in range(1, len(run.test_acc)):
+            f.write(json.dumps({'epoch': t, 'train_acc': run.train_acc[t - 1],
+                                'test_acc': run.test_acc[t],
+                                'step_norm': run.step_norms[t - 1].tolist()}) + '\n')
+    betas = trajectory.betas_from_step_norms(run.step_norms, run.anchor_epochs)
+    monitor.plot_expert(betas, run.anchor_epochs, leaf_names(params_like), run.train_acc,
+                        run.test_acc, os.path.join(folder, 'expert.png'), title)
+
+
 def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
-                  seed: int, process_index: int = 0, process_count: int = 1) -> list[int]:
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  progress: str = 'auto', tensorboard: bool = True,
+                  pictures: bool = True) -> list[int]:
     """Trains the missing experts of ``expert_dir`` that belong to this process.
 
-    Expert i is trained by process ``i % process_count``; complete experts are skipped.
-    Returns the indices trained by this call.
+    Expert i is trained by process ``i % process_count``; complete experts are skipped, and
+    an expert interrupted part-way resumes after its last finished epoch (its running state
+    is saved in ``expert_XXXX/progress/`` after every epoch). Returns the indices trained by
+    this call.
     """
     check_config(expert_dir, config)
     os.makedirs(expert_dir, exist_ok=True)
@@ -238,18 +332,41 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     epoch_fn = make_epoch_fn(model.apply, config['lr_teacher'], config['batch_train'])
     base = jax.random.key(seed)
-    for i in todo:
-        start = time.time()
-        run = train_expert(model, x_train, y_train, x_test, y_test, jax.random.fold_in(base, i),
-                           config['train_epochs'], config['anchors'],
-                           smooth_anchors=config['smooth_anchors'],
-                           keep_snapshots=config['save_full_trajectory'], epoch_fn=epoch_fn,
-                           log_prefix=f'expert {i}: ')
-        seconds = time.time() - start
-        save_expert(expert_path(expert_dir, i), run,
-                    {'index': i, 'seed': seed, 'seconds': seconds,
-                     'images_per_second': config['train_epochs'] * x_train.shape[0] / seconds})
-        logging.info('expert %d done in %.0fs: test acc %.3f', i, seconds, run.test_acc[-1])
+    k = config['train_epochs']
+    bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)
+    try:
+        for n, i in enumerate(todo):
+            start = time.time()
+            folder = expert_path(expert_dir, i)
+            writer = None
+            if tensorboard:
+                writer = monitor.EventWriter(os.path.join(expert_dir, 'tensorboard',
+                                                          f'expert_{i:04d}'))
+
+            def on_epoch(t, train_acc, test_acc, i=i, n=n, writer=writer):
+                bar.done = n * k + t - 1   # exact even when the expert resumed mid-way
+                bar.update(expert=i, epoch=t, train_acc=round(train_acc, 3),
+                           test_acc=round(test_acc, 3))
+                if writer:
+                    writer.scalars(t, {'train_accuracy': train_acc, 'test_accuracy': test_acc})
+
+            run = train_expert(model, x_train, y_train, x_test, y_test,
+                               jax.random.fold_in(base, i), k, config['anchors'],
+                               smooth_anchors=config['smooth_anchors'],
+                               keep_snapshots=config['save_full_trajectory'], epoch_fn=epoch_fn,
+                               log_prefix=f'expert {i}: ',
+                               progress_dir=os.path.join(folder, 'progress'), on_epoch=on_epoch)
+            seconds = time.time() - start
+            save_expert(folder, run,
+                        {'index': i, 'seed': seed, 'seconds': seconds,
+                         'images_per_second': k * x_train.shape[0] / seconds})
+            if writer:
+                writer.close()
+            if pictures:
+                write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
+            bar.write(f'expert {i} done in {seconds:.0f}s: test acc {run.test_acc[-1]:.3f}')
+    finally:
+        bar.close()
     return todo
 
 
@@ -281,7 +398,8 @@ def main(argv):
     config = config_from_flags(ds)
     model = shared.model_from_settings(config)
     train_experts(model, ds, shared.expert_dir(), config, FLAGS.num_experts, FLAGS.seed,
-                  jax.process_index(), jax.process_count())
+                  jax.process_index(), jax.process_count(), progress=FLAGS.progress,
+                  tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures)
 
 
 if __name__ == '__main__':

@@ -31,6 +31,13 @@ flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
 flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
 flags.DEFINE_enum('norm', 'instancenorm', models.NORMS, 'ConvNet normalisation.')
 flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same result.')
+flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'log', 'none'],
+                 'Progress display: a bar with rate and ETA on a terminal (auto), log lines '
+                 'about every 5 percent of the work otherwise; or force one.')
+flags.DEFINE_boolean('tensorboard', True, 'Also write TensorBoard event files into the output '
+                     'folder (tensorboard --logdir OUT_DIR); metrics.jsonl is always written.')
+flags.DEFINE_boolean('pictures', True, 'Write PNGs: synthetic image grids and curves '
+                     '(distillation), beta curves and accuracy per epoch (experts).')
 flags.DEFINE_string('compilation_cache', os.environ.get('MCT_JAX_CACHE', '~/.cache/mct_jax/xla'),
                     'Folder of the persistent XLA compilation cache (a second run of a command '
                     'starts without recompiling); empty to disable. Env: MCT_JAX_CACHE.')

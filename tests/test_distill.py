@@ -167,7 +167,7 @@ def test_no_retrace_across_iterations(tmp_path, tiny_experts):
     d, _ = _tiny_run(tmp_path, trajs, ds, iterations=5)
     assert d.meta_grad.trace_count() == 1
     assert d.update._cache_size() == 1
-    assert d.evaluator._cache_size() == 1
+    assert d.evaluator.network._cache_size() == 1
     assert d.point._cache_size() == 1
 
 

@@ -1,0 +1,285 @@
+"""Seeing what a run does: progress bars, TensorBoard events, image grids and plots.
+
+Nothing here needs an account or a service:
+
+* :class:`Progress` draws a bar with rate, ETA and the key numbers when standard error is a
+  terminal, and otherwise (logs, batch jobs, notebooks' captured output) logs a line about
+  every 5 % of the work or every minute.
+* :class:`EventWriter` writes TensorBoard event files (``tensorboard --logdir OUT_DIR``) with
+  ``tensorboardX``, which needs no TensorFlow.
+* :func:`save_image_grid`, :func:`plot_distillation` and :func:`plot_expert` write PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+from absl import logging
+
+
+# ----------------------------------------------------------------------------- progress
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return '?'
+    s = int(round(s))
+    return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}' if s >= 3600 else f'{s // 60}:{s % 60:02d}'
+
+
+def _fmt_stats(stats: dict) -> str:
+    out = []
+    for k, v in stats.items():
+        out.append(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}')
+    return '  '.join(out)
+
+
+class Progress:
+    """A progress bar over ``total`` units of work, ``initial`` of them already done.
+
+    ``mode``: 'auto' (a bar on a terminal, log lines otherwise), 'bar', 'log' or 'none'.
+    """
+
+    def __init__(self, total: int, desc: str, initial: int = 0, unit: str = 'it',
+                 mode: str = 'auto', leave: bool = True):
+        if mode == 'auto':
+            mode = 'bar' if sys.stderr.isatty() else 'log'
+        self.mode, self.total, self.desc, self.unit = mode, total, desc, unit
+        self.done, self.initial = initial, initial
+        self.start = self.last_log = time.time()
+        self.every = max(1, (total - initial) // 20)
+        self.bar = None
+        if mode == 'bar':
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                            dynamic_ncols=True, file=sys.stderr, leave=leave)
+
+    def rate(self) -> float:
+        elapsed = time.time() - self.start
+        return (self.done - self.initial) / elapsed if elapsed > 0 else float('nan')
+
+    def eta(self) -> float:
+        r = self.rate()
+        return (self.total - self.done) / r if r > 0 else float('nan')
+
+    def update(self, n: int = 1, **stats) -> None:
+        self.done += n
+        if self.bar is not None:
+            if stats:
+                self.bar.set_postfix_str(_fmt_stats(stats), refresh=False)
+            self.bar.update(n)
+        elif self.mode == 'log':
+            now = time.time()
+            if ((self.done - self.initial) % self.every == 0 or self.done == self.total
+                    or now - self.last_log > 60):
+                self.last_log = now
+                logging.info('%s %d/%d  %.3g %s/s  ETA %s  %s', self.desc, self.done,
+                             self.total, self.rate(), self.unit, _fmt_seconds(self.eta()),
+                             _fmt_stats(stats))
+
+    def write(self, message: str) -> None:
+        """A message that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        elif self.mode != 'none':
+            logging.info('%s', message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+class EventWriter:
+    """TensorBoard scalars and images in ``log_dir``.
+
+    ``purge_step``: when a run resumes from a checkpoint at step s, events an earlier,
+    interrupted process wrote at steps >= s are hidden by TensorBoard, so curves do not
+    double back.
+    """
+
+    def __init__(self, log_dir: str, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(log_dir, purge_step=purge_step or None, flush_secs=30)
+
+    def scalars(self, step: int, values: dict) -> None:
+        for k, v in values.items():
+            if v is not None and np.isfinite(v):
+                self.writer.add_scalar(k, float(v), step)
+
+    def image(self, tag: str, step: int, image: np.ndarray) -> None:
+        """``image``: [H, W, 3] uint8."""
+        self.writer.add_image(tag, image, step, dataformats='HWC')
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ----------------------------------------------------------------------------- pictures
+
+def image_grid(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+               max_per_class: int = 10, max_classes: int = 100, tile: int = 32,
+               names: bool = True) -> np.ndarray:
+    """One row per class (up to ``max_classes``), up to ``max_per_class`` images each.
+
+    Args:
+      images: [n, H, W, C] in [0, 1] (a dataset's ``to_display``); C is 1 or 3.
+      labels: [n] class of each image.
+      tile: images smaller than this are enlarged by an integer factor (nearest neighbour).
+    Returns:
+      [rows * (h + 2) + 2, margin + cols * (w + 2) + 2, 3] uint8, with the class names in a
+      left margin when ``names``.
+    """
+    from PIL import Image, ImageDraw
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f'Expected images [n, H, W, 1 or 3], got shape {images.shape}.')
+    labels = np.asarray(labels)
+    classes = sorted(set(labels.tolist()))[:max_classes]
+    per_class = [np.flatnonzero(labels == c)[:max_per_class] for c in classes]
+    cols = max(len(p) for p in per_class)
+    scale = max(1, -(-tile // images.shape[1]))
+    h, w = images.shape[1] * scale, images.shape[2] * scale
+    longest = max(len(str(class_names[c]) if c < len(class_names) else str(c)) for c in classes)
+    margin = 8 + 6 * min(longest, 14) if names else 0
+    canvas = np.full((len(classes) * (h + 2) + 2, margin + cols * (w + 2) + 2, 3), 255, np.uint8)
+    pixels = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+    for r, idx in enumerate(per_class):
+        for c, i in enumerate(idx):
+            y, x = 2 + r * (h + 2), margin + 2 + c * (w + 2)
+            canvas[y:y + h, x:x + w] = pixels[i]
+    if names:
+        img = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(img)
+        for r, c in enumerate(classes):
+            name = str(class_names[c]) if c < len(class_names) else str(c)
+            draw.text((3, 2 + r * (h + 2) + h // 2 - 6), name[:14], fill=(0, 0, 0))
+        canvas = np.asarray(img)
+    return canvas
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Writes a [H, W, 3] uint8 image atomically."""
+    from PIL import Image
+    tmp = path + '.tmp.png'
+    Image.fromarray(image).save(tmp)
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str) -> tuple[list, list]:
+    """(evaluations, steps) from a distillation ``metrics.jsonl``."""
+    evals, steps = [], []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                (evals if 'eval' in r else steps).append(r)
+    return evals, steps
+
+
+def _moving_average(x, k):
+    x = np.asarray(x, np.float64)
+    if len(x) < k or k < 2:
+        return x
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    head = c[1:k] / np.arange(1, k)
+    return np.concatenate([head, (c[k:] - c[:-k]) / k])
+
+
+def plot_distillation(metrics_path: str, png: str, title: str = '') -> None:
+    """Accuracy (mean +- std), matching loss and learned lr against the iteration."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    evals, steps = read_metrics(metrics_path)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    if evals:
+        it = [e['iteration'] for e in evals]
+        m = np.array([e['eval']['mean'] for e in evals])
+        s = np.array([e['eval']['std'] for e in evals])
+        a1.plot(it, m, marker='o', ms=3)
+        a1.fill_between(it, m - s, m + s, alpha=0.2)
+    a1.set(xlabel='iteration', ylabel='test accuracy (%)', title='evaluation (mean +- std)')
+    if steps:
+        it = [r['iteration'] for r in steps]
+        loss = [r['loss'] for r in steps]
+        a2.plot(it, loss, lw=0.6, alpha=0.4, label='per iteration')
+        a2.plot(it, _moving_average(loss, 10), lw=1.5, label='moving average (10)')
+        a2.legend(fontsize=8)
+        a3.plot(it, [r['lr'] for r in steps])
+    a2.set(xlabel='iteration', ylabel='matching loss', title='loss')
+    a3.set(xlabel='iteration', ylabel='learned student lr', title='learned lr')
+    for a in (a1, a2, a3):
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = png + '.tmp.png'
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def plot_expert(betas: np.ndarray, anchor_epochs: Sequence[int], leaf_names: Sequence[str],
+                train_acc: Sequence[float], test_acc: Sequence[float], png: str,
+                title: str = '') -> None:
+    """Per-layer beta curves (eq. 9) and accuracy per epoch of one expert.
+
+    ``betas``: [K+1, L], the fraction of each segment's distance covered by epoch t.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    betas = np.asarray(betas)
+    k = betas.shape[0] - 1
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    cmap = plt.get_cmap('viridis')
+    for l in range(betas.shape[1]):
+        a1.plot(range(k + 1), betas[:, l], color=cmap(l / max(1, betas.shape[1] - 1)),
+                label=leaf_names[l] if l < len(leaf_names) else str(l), lw=1.2)
+    a1.plot(range(k + 1), [_uniform(t, anchor_epochs) for t in range(k + 1)], 'k--', lw=1,
+            label='uniform (t/K)')
+    for a in anchor_epochs:
+        a1.axvline(a, color='gray', lw=0.5)
+    a1.set(xlabel='epoch', ylabel='beta (fraction of the segment covered)',
+           title='convexified trajectory: per-layer betas')
+    a1.legend(fontsize=6, ncol=2)
+    a2.plot(range(1, len(train_acc) + 1), 100 * np.asarray(train_acc), label='train (augmented)')
+    a2.plot(range(len(test_acc)), 100 * np.asarray(test_acc), label='test')
+    a2.set(xlabel='epoch', ylabel='accuracy (%)', title='expert accuracy')
+    a2.legend()
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = png + '.tmp.png'
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def _uniform(t, anchor_epochs):
+    for a, b in zip(anchor_epochs[:-1], anchor_epochs[1:]):
+        if a <= t <= b:
+            return (t - a) / (b - a)
+    return 1.0
