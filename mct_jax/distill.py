@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mct_jax import checkpoint, cli, data, evaluate, expert, monitor, parallel, trajectory
+from mct_jax import (checkpoint, cli, data, evaluate, expert, monitor, parallel, trajectory,
+                     validate)
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -48,7 +49,7 @@ class Settings(NamedTuple):
     batch_syn: int = 0            # 0: all synthetic images every step
     lr_img: float = 1000.0
     lr_lr: float = 1e-5
-    lr_teacher: float = 0.01
+    lr_teacher: float = 0.01      # the initial learned lr (--lr_syn_init, else --lr_teacher)
     iterations: int = 200
     eval_every: int = 50
     num_eval: int = 5
@@ -386,8 +387,10 @@ class Distiller:
 
 def settings_from_flags() -> Settings:
     sampling = FLAGS.start_sampling or ('continuous' if FLAGS.method == 'mct' else 'integer')
-    return Settings(**{f: getattr(FLAGS, f) for f in Settings._fields if f != 'start_sampling'},
-                    start_sampling=sampling)
+    fields = {f: getattr(FLAGS, f) for f in Settings._fields if f != 'start_sampling'}
+    if FLAGS.lr_syn_init is not None:
+        fields['lr_teacher'] = FLAGS.lr_syn_init
+    return Settings(**fields, start_sampling=sampling)
 
 
 def load_experts(expert_dir: str, method: str, beta_mode: str, max_experts: int | None,
@@ -419,17 +422,15 @@ def load_experts(expert_dir: str, method: str, beta_mode: str, max_experts: int 
 def main(argv):
     del argv
     s = settings_from_flags()
-    problems = check_settings(s, None, None, jax.local_device_count())
-    if problems:
-        raise app.UsageError('\n'.join(problems))
+    validate.raise_if_any(validate.distill_command_problems(jax.local_device_count()),
+                          'distillation')
     ds = shared.load_data()
     m_settings = shared.model_settings(ds)
     expected = dict(m_settings, **shared.data_settings())
     trajs = load_experts(shared.expert_dir(), s.method, s.beta_mode, s.max_experts, expected)
     counts = np.bincount(ds.y_train, minlength=ds.num_classes).tolist()
-    problems = check_settings(s, trajs[0].num_epochs, counts, jax.local_device_count())
-    if problems:
-        raise app.UsageError('\n'.join(problems))
+    validate.raise_if_any(check_settings(s, trajs[0].num_epochs, counts,
+                                         jax.local_device_count()), 'distillation')
     out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
     settings_json = dict(s._asdict(), **expected, expert_dir=shared.expert_dir(),
                          num_experts_used=len(trajs))

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from mct_jax import cli, monitor, train
+from mct_jax import cli, monitor, train, validate
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -139,8 +139,7 @@ def load_synthetic(path: str) -> dict:
 
 def main(argv):
     del argv
-    if (FLAGS.synthetic is None) == (FLAGS.baseline is None):
-        raise app.UsageError('Give exactly one of --synthetic=OUT_DIR or --baseline=random|full.')
+    validate.raise_if_any(validate.evaluate_command_problems(), 'evaluation')
     ds = shared.load_data()
     model = shared.model_from_settings(shared.model_settings(ds))
     key = jax.random.key(FLAGS.seed)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from absl import flags, logging
 
-from mct_jax import checkpoint, cli, data, monitor, train, trajectory
+from mct_jax import checkpoint, cli, data, monitor, train, trajectory, validate
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -154,7 +154,6 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
         elif keep_snapshots:
             os.makedirs(os.path.dirname(snap_path(0)), exist_ok=True)
             _leaves_to_npz(snap_path(0), params)
-    start = time.time()
     for t in range(done + 1, num_epochs + 1):
         prev = params
         params, step_norm, correct = epoch_fn(params, x_train, y_train, jax.random.fold_in(key, t))
@@ -393,7 +392,7 @@ def config_from_flags(ds: data.Dataset) -> dict:
 
 def main(argv):
     del argv
-    anchors_from_flags()  # fail on bad anchors before loading data
+    validate.raise_if_any(validate.expert_command_problems(), 'expert')
     ds = shared.load_data()
     config = config_from_flags(ds)
     model = shared.model_from_settings(config)

@@ -61,6 +61,9 @@ flags.DEFINE_boolean('save_full_trajectory', False,
 flags.DEFINE_enum('method', 'mct', ['mct', 'mtt'], 'mct: continuous starts on convexified '
                   'trajectories; mtt: integer starts on full trajectories.')
 flags.DEFINE_integer('ipc', 10, 'Synthetic images per class.')
+flags.DEFINE_float('lr_syn_init', None, 'Initial learned student lr (the reference syn_lr '
+                   'init); default --lr_teacher. Lets one flagfile train experts at lr_teacher '
+                   'and start the learned lr elsewhere.')
 flags.DEFINE_integer('syn_steps', 20, 'N: student SGD steps per iteration.')
 flags.DEFINE_float('expert_epochs', 2, 'M: target = expert at start + M epochs (MCT allows '
                    'fractions).')

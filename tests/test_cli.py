@@ -29,7 +29,11 @@ def _run(module, *args, check=True):
 def test_pipeline_through_the_command_lines(tmp_path):
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
     _run('expert', *TINY, f'--expert_dir={experts}')
-    assert sorted(os.listdir(experts)) == ['config.json', 'expert_0000', 'expert_0001']
+    assert sorted(os.listdir(experts)) == ['config.json', 'expert_0000', 'expert_0001',
+                                           'tensorboard']
+    for name in ('expert.png', 'metrics.jsonl', 'meta.json', 'state', 'full'):
+        assert os.path.exists(os.path.join(experts, 'expert_0000', name)), name
+    assert not os.path.exists(os.path.join(experts, 'expert_0000', 'progress'))
     for method, samples in (('mct', 1), ('mtt', 2)):
         proc = _run('distill', *TINY, f'--expert_dir={experts}', f'--out_dir={out}_{method}',
                     f'--method={method}', f'--num_samples={samples}')
@@ -39,12 +43,58 @@ def test_pipeline_through_the_command_lines(tmp_path):
             assert z['images'].shape == (20, 16, 16, 1) and z['labels'].shape == (20,)
             assert np.all(np.isfinite(z['images'])) and float(z['lr']) > 0
             assert json.loads(str(z['settings']))['method'] == method
+        assert 'distill 4/4' in proc.stderr   # progress lines (no terminal: log mode)
+        _check_run_outputs(f'{out}_{method}')
     proc = _run('evaluate', *TINY, f'--synthetic={out}_mct')
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 <= summary['mean'] <= 100 and len(summary['all']) == 2
     # re-running the expert command trains nothing new
     proc = _run('expert', *TINY, f'--expert_dir={experts}')
     assert 'training []' in proc.stderr
+
+
+def _read_events(folder):
+    """(tag, step, value) of every scalar in a folder's TensorBoard event files, read with
+    the record format (length, CRC, Event proto) rather than with the writer."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out = []
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), 'rb') as f:
+            buf = f.read()
+        i = 0
+        while i < len(buf):
+            (n,) = struct.unpack('<Q', buf[i:i + 8])
+            event = event_pb2.Event.FromString(buf[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.append((v.tag, event.step, v.simple_value if v.HasField('simple_value')
+                            else 'image'))
+    return out
+
+
+def _check_run_outputs(run):
+    """Metrics, TensorBoard events, image grids and plots of a 4-iteration, ipc-2 run."""
+    from PIL import Image
+    lines = [json.loads(l) for l in open(os.path.join(run, 'metrics.jsonl'))]
+    assert [l['iteration'] for l in lines if 'eval' in l] == [0, 2, 4]
+    assert len([l for l in lines if 'loss' in l]) == 4
+    events = _read_events(os.path.join(run, 'tensorboard'))
+    losses = {step: v for tag, step, v in events if tag == 'train/matching_loss'}
+    assert losses == pytest.approx({l['iteration']: l['loss'] for l in lines if 'loss' in l})
+    assert {step for tag, step, _ in events if tag == 'eval/accuracy_mean'} == {0, 2, 4}
+    assert {step for tag, step, v in events if v == 'image'} == {0, 2, 4}
+    assert sorted(os.listdir(os.path.join(run, 'images'))) == [
+        'iteration_000000.png', 'iteration_000002.png', 'iteration_000004.png']
+    grid = np.asarray(Image.open(os.path.join(run, 'synthetic.png')))
+    # 10 classes of 2 images, 16 px digits enlarged to 32 px, 2 px gaps
+    assert grid.shape[0] == 10 * 34 + 2 and grid.shape[2] == 3
+    with np.load(os.path.join(run, 'synthetic.npz')) as z:
+        first = np.clip(np.round(z['images_display'][0, :, :, 0] * 255), 0, 255)
+    w = grid.shape[1] - (2 * 34 + 2)   # the class-name margin
+    np.testing.assert_array_equal(grid[2:34:2, w + 2:w + 34:2, 0], first)
+    assert Image.open(os.path.join(run, 'progress.png')).size[0] > 600
 
 
 @pytest.mark.parametrize('args,message', [

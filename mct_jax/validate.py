@@ -1,0 +1,201 @@
+"""Checks every flag and file an entry point needs before any data is loaded or compiled.
+
+Each check returns a list of problems, each naming the problem and the fix, so a user sees
+all of them at once instead of one per attempt. :func:`raise_if_any` turns them into one
+``ValueError`` (printed as ``error: ...`` with exit status 2 by :mod:`mct_jax.cli`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from absl import flags
+
+from mct_jax import data
+
+FLAGS = flags.FLAGS
+
+
+class ValidationError(ValueError):
+    """One or more problems with the settings or files, all listed in the message."""
+
+
+def raise_if_any(problems: list[str], what: str) -> None:
+    if problems:
+        n = len(problems)
+        raise ValidationError(f'{n} problem{"s" if n > 1 else ""} with the {what} settings '
+                              '(nothing was loaded or changed):\n  - ' + '\n  - '.join(problems))
+
+
+def writable_problem(path: str, flag: str) -> str | None:
+    """None if ``path`` (a folder, existing or to be created) can be written."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        return f'--{flag}={path} is a file, not a folder; choose a folder path.'
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return (f'--{flag}={path} cannot be written ({probe} is not writable); choose a '
+                'folder you can write to.')
+    return None
+
+
+def data_problems() -> list[str]:
+    """The data flags: source valid for the dataset, folders and files present."""
+    problems = []
+    name, source, data_dir = FLAGS.dataset, FLAGS.data_source, FLAGS.data_dir
+    try:
+        source = data._check_name_source(name, source)
+    except data.DataError as e:
+        return [str(e)]
+    if FLAGS.train_images_per_class is not None and FLAGS.train_images_per_class < 1:
+        problems.append(f'--train_images_per_class={FLAGS.train_images_per_class} must be at '
+                        'least 1 (or leave it unset for all training images).')
+    if source == 'npz':
+        if data_dir is None:
+            problems.append("--data_source=npz needs --data_dir: the folder holding train.npz "
+                            'and test.npz.')
+        elif not os.path.isdir(os.path.expanduser(data_dir)):
+            problems.append(f'--data_dir={data_dir} does not exist; it should hold train.npz '
+                            'and test.npz.')
+        else:
+            missing = [f for f in ('train.npz', 'test.npz')
+                       if not os.path.isfile(os.path.join(os.path.expanduser(data_dir), f))]
+            if missing:
+                problems.append(f'--data_dir={data_dir} has no {" or ".join(missing)}; write '
+                                'them with np.savez(file, x=images [N, H, W, C], y=labels [N]).')
+    elif source == 'folder':
+        try:
+            data._tiny_root(data_dir)
+        except data.DataError as e:
+            problems.append(str(e))
+    return problems
+
+
+def model_problems() -> list[str]:
+    problems = []
+    if FLAGS.width < 1:
+        problems.append(f'--width={FLAGS.width} must be at least 1.')
+    if FLAGS.depth < 1:
+        problems.append(f'--depth={FLAGS.depth} must be at least 1.')
+    size = {'digits': 16, 'cifar10': 32, 'cifar100': 32, 'tiny_imagenet': 64}[FLAGS.dataset]
+    if FLAGS.depth >= 1 and size % (2 ** FLAGS.depth):
+        problems.append(f'--depth={FLAGS.depth} halves the {size}x{size} images {FLAGS.depth} '
+                        f'times; use at most depth {(size & -size).bit_length() - 1}.')
+    return problems
+
+
+def _flag_config() -> dict:
+    """The expert-folder settings that can be known from the flags alone."""
+    return {'dataset': FLAGS.dataset, 'train_images_per_class': FLAGS.train_images_per_class,
+            'zca': FLAGS.zca, 'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm}
+
+
+def stored_config_problems(expert_dir: str, keys) -> list[str]:
+    from mct_jax import checkpoint, expert
+    path = os.path.join(expert_dir, expert.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        stored = checkpoint.read_json(path)
+    except checkpoint.CheckpointError as e:
+        return [str(e)]
+    mine = dict(_flag_config(), train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
+                batch_train=FLAGS.batch_train, smooth_anchors=FLAGS.smooth_anchors,
+                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+    return [f'{expert_dir} holds experts with {k}={stored.get(k)!r} but the flags say '
+            f'{mine[k]!r}; use the same settings or another --expert_dir.'
+            for k in keys if k in stored and stored.get(k) != mine[k]]
+
+
+def expert_command_problems() -> list[str]:
+    """``python -m mct_jax.expert``."""
+    from mct_jax import flags as shared
+    problems = data_problems() + model_problems()
+    if FLAGS.num_experts < 1:
+        problems.append(f'--num_experts={FLAGS.num_experts} must be at least 1.')
+    if FLAGS.train_epochs < 1:
+        problems.append(f'--train_epochs={FLAGS.train_epochs} must be at least 1.')
+    if FLAGS.batch_train < 1:
+        problems.append(f'--batch_train={FLAGS.batch_train} must be at least 1.')
+    if not FLAGS.lr_teacher > 0:
+        problems.append(f'--lr_teacher={FLAGS.lr_teacher} must be positive.')
+    if FLAGS.train_epochs >= 1:
+        try:
+            from mct_jax import expert
+            expert.anchors_from_flags()
+        except ValueError as e:
+            problems.append(str(e))
+    expert_dir = shared.expert_dir()
+    problems += [p for p in [writable_problem(expert_dir, 'expert_dir')] if p]
+    problems += stored_config_problems(expert_dir, list(_flag_config()) + [
+        'train_epochs', 'lr_teacher', 'batch_train', 'smooth_anchors', 'save_full_trajectory',
+        'seed'])
+    return problems
+
+
+def distill_command_problems(num_devices: int) -> list[str]:
+    """``python -m mct_jax.distill``: settings, experts and output folder."""
+    from mct_jax import checkpoint, distill, expert
+    from mct_jax import flags as shared
+    problems = data_problems() + model_problems()
+    s = distill.settings_from_flags()
+    expert_dir = shared.expert_dir()
+    num_epochs, config = None, None
+    cfg_path = os.path.join(expert_dir, expert.CONFIG_FILE)
+    if not os.path.isdir(expert_dir) or not os.path.isfile(cfg_path):
+        problems.append(f'No experts in --expert_dir={expert_dir}: train them first with '
+                        f'python -m mct_jax.expert and the same flags (or fix --expert_dir).')
+    else:
+        try:
+            config = checkpoint.read_json(cfg_path)
+            num_epochs = int(config['train_epochs'])
+        except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
+            problems.append(f'{cfg_path} is unreadable ({e}); retrain the experts or fix '
+                            '--expert_dir.')
+        if config is not None:
+            problems += stored_config_problems(expert_dir, list(_flag_config()))
+            if not expert.list_experts(expert_dir):
+                problems.append(f'{expert_dir} has no complete expert yet; finish '
+                                'python -m mct_jax.expert first.')
+            if ((s.method == 'mtt' or s.beta_mode == 'projected')
+                    and not config.get('save_full_trajectory')):
+                problems.append(f'--method={s.method} --beta_mode={s.beta_mode} needs full '
+                                f'trajectories, but the experts in {expert_dir} were trained '
+                                'without --save_full_trajectory; retrain them with it or use '
+                                '--method=mct.')
+    tipc = FLAGS.train_images_per_class
+    counts = [tipc] * data.NUM_CLASSES[FLAGS.dataset] if tipc else None
+    problems += distill.check_settings(s, num_epochs, counts, num_devices)
+    if FLAGS.max_experts is not None and FLAGS.max_experts < 1:
+        problems.append(f'--max_experts={FLAGS.max_experts} must be at least 1 (or unset).')
+    out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
+    problems += [p for p in [writable_problem(out_dir, 'out_dir')] if p]
+    return problems
+
+
+def evaluate_command_problems() -> list[str]:
+    """``python -m mct_jax.evaluate``."""
+    problems = data_problems() + model_problems()
+    if (FLAGS.synthetic is None) == (FLAGS.baseline is None):
+        problems.append('Give exactly one of --synthetic=OUT_DIR or --baseline=random|full.')
+    if FLAGS.synthetic is not None:
+        path = FLAGS.synthetic
+        if os.path.isdir(path):
+            path = os.path.join(path, 'best.npz')
+        if not os.path.isfile(path):
+            problems.append(f'No synthetic set at {path}: pass --synthetic=OUT_DIR of a '
+                            'distillation run (it writes best.npz and synthetic.npz).')
+    if FLAGS.baseline == 'random':
+        if FLAGS.ipc < 1:
+            problems.append(f'--ipc={FLAGS.ipc} must be at least 1.')
+        tipc = FLAGS.train_images_per_class
+        if tipc and FLAGS.ipc > tipc:
+            problems.append(f'--ipc={FLAGS.ipc} is larger than the {tipc} training images per '
+                            'class; lower --ipc or raise --train_images_per_class.')
+    if FLAGS.num_eval < 1 or FLAGS.eval_epochs < 1:
+        problems.append('--num_eval and --eval_epochs must be at least 1.')
+    return problems
+

@@ -1,0 +1,190 @@
+"""Bad input is caught before any data is loaded: one table of cases, each with its message."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from conftest import REPO
+from mct_jax import flags as _defines  # noqa: F401  (defines every flag)
+from mct_jax import validate
+
+FLAGS = flags.FLAGS
+
+BASE = ['--dataset=digits', '--width=8', '--train_images_per_class=10', '--num_experts=2',
+        '--train_epochs=4', '--ipc=1', '--syn_steps=2', '--expert_epochs=1',
+        '--max_start_epoch=2', '--batch_syn=0']
+
+
+@pytest.fixture
+def parse():
+    """Parses flags into the global FLAGS for one test, restoring defaults afterwards."""
+    def do(*args):
+        FLAGS.unparse_flags()
+        FLAGS(['prog', *BASE, *args])
+    yield do
+    FLAGS.unparse_flags()
+
+
+def _experts(folder, complete=True, **overrides):
+    """A folder that looks like finished experts (config.json, meta.json) without training."""
+    config = {'dataset': 'digits', 'train_images_per_class': 10, 'zca': False, 'width': 8,
+              'depth': 3, 'norm': 'instancenorm', 'train_epochs': 4, 'lr_teacher': 0.01,
+              'batch_train': 256, 'smooth_anchors': False, 'save_full_trajectory': True,
+              'seed': 0, 'anchors': [0, 4]}
+    config.update(overrides)
+    os.makedirs(os.path.join(folder, 'expert_0000'), exist_ok=True)
+    with open(os.path.join(folder, 'config.json'), 'w') as f:
+        json.dump(config, f)
+    if complete:
+        with open(os.path.join(folder, 'expert_0000', 'meta.json'), 'w') as f:
+            f.write('{}')
+    return folder
+
+
+# (name, command, make(tmp) -> extra flags, expected message)
+CASES = [
+    ('no experts', 'distill', lambda t: [f'--expert_dir={t}/none'], 'No experts in'),
+    ('experts incomplete', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", complete=False)}'], 'no complete expert'),
+    ('experts of another width', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", width=32)}'], 'width=32'),
+    ('experts with ZCA, run without', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", zca=True)}'], 'zca=True'),
+    ('experts on other images', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", train_images_per_class=50)}'],
+     'train_images_per_class=50'),
+    ('MTT without full trajectories', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", save_full_trajectory=False)}',
+                '--method=mtt'], 'without --save_full_trajectory'),
+    ('start + M beyond the trajectory', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--max_start_epoch=4'], 'goes beyond'),
+    ('ipc larger than a class', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--ipc=11'], 'larger than class'),
+    ('batch_syn larger than the set', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--batch_syn=11'],
+     'larger than the synthetic set'),
+    ('zero lr_img', 'distill', lambda t: [f'--expert_dir={_experts(t + "/e")}', '--lr_img=0'],
+     '--lr_img=0.0 must be positive'),
+    ('negative lr_lr', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--lr_lr=-1e-5'], '--lr_lr=-1e-05 must'),
+    ('zero initial learned lr', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--lr_syn_init=0'], 'must be positive'),
+    ('no student steps', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--syn_steps=0'], '--syn_steps=0'),
+    ('fractional M for MTT', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--method=mtt', '--expert_epochs=1.5'],
+     'whole number of epochs'),
+    ('integer starts below 1', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--start_sampling=integer',
+                '--max_start_epoch=0.5'], '>= 1 for integer'),
+    ('no evaluation networks', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--num_eval=0'], '--num_eval'),
+    ('out_dir is a file', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', f'--out_dir={_file(t)}'], 'is a file'),
+    ('out_dir below a file', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', f'--out_dir={_file(t)}/run'],
+     'cannot be written'),
+    ('npz folder missing', 'distill',
+     lambda t: ['--data_source=npz', f'--data_dir={t}/nothing'], 'does not exist'),
+    ('npz folder without test.npz', 'expert',
+     lambda t: ['--data_source=npz', f'--data_dir={_npz_dir(t)}'], 'has no test.npz'),
+    ('npz without data_dir', 'expert', lambda t: ['--data_source=npz'], 'needs --data_dir'),
+    ('source the dataset has not', 'expert', lambda t: ['--data_source=folder'],
+     'folder'),
+    ('Tiny ImageNet folder without wnids.txt', 'expert',
+     lambda t: ['--dataset=tiny_imagenet', '--data_source=folder', f'--data_dir={t}'],
+     'wnids.txt not found'),
+    ('network too deep for the images', 'expert', lambda t: ['--depth=5'], 'halves'),
+    ('anchors out of order', 'expert', lambda t: ['--anchors=0,3,2,4'], 'increasing'),
+    ('anchors not ending at K', 'expert', lambda t: ['--anchors=0,2'], 'must start at 0 and end'),
+    ('no experts asked for', 'expert', lambda t: ['--num_experts=0'], '--num_experts=0'),
+    ('expert folder with other epochs', 'expert',
+     lambda t: [f'--expert_dir={_experts(t + "/e", train_epochs=9)}'], 'train_epochs=9'),
+    ('expert_dir is a file', 'expert', lambda t: [f'--expert_dir={_file(t)}'], 'is a file'),
+    ('zero training images per class', 'expert', lambda t: ['--train_images_per_class=0'],
+     'at least 1'),
+    ('evaluate: nothing to evaluate', 'evaluate', lambda t: [], 'exactly one of'),
+    ('evaluate: no synthetic set there', 'evaluate', lambda t: [f'--synthetic={t}'],
+     'No synthetic set'),
+    ('evaluate: random ipc above the class size', 'evaluate',
+     lambda t: ['--baseline=random', '--ipc=20'], 'larger than the 10 training images'),
+]
+
+
+def _file(t):
+    path = os.path.join(t, 'a_file')
+    open(path, 'w').close()
+    return path
+
+
+def _npz_dir(t):
+    os.makedirs(os.path.join(t, 'npz'), exist_ok=True)
+    open(os.path.join(t, 'npz', 'train.npz'), 'w').close()
+    return os.path.join(t, 'npz')
+
+
+def _problems(command):
+    if command == 'distill':
+        return validate.distill_command_problems(num_devices=1)
+    if command == 'expert':
+        return validate.expert_command_problems()
+    return validate.evaluate_command_problems()
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize('name,command,make,message', CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_reported(name, command, make, message, parse, tmp_path):
+    parse(*make(str(tmp_path)))
+    problems = _problems(command)
+    assert any(message in p for p in problems), (name, problems)
+    with pytest.raises(validate.ValidationError, match='nothing was loaded or changed'):
+        validate.raise_if_any(problems, command)
+
+
+def test_good_settings_have_no_problems(parse, tmp_path):
+    parse(f'--expert_dir={_experts(str(tmp_path / "e"))}', f'--out_dir={tmp_path}/run',
+          '--save_full_trajectory')
+    assert validate.distill_command_problems(num_devices=1) == []
+    assert validate.expert_command_problems() == []
+
+
+def test_every_problem_is_reported_at_once(parse, tmp_path):
+    parse(f'--expert_dir={tmp_path}/none', '--lr_img=0', '--ipc=0', '--syn_steps=0',
+          f'--out_dir={_file(str(tmp_path))}')
+    problems = validate.distill_command_problems(num_devices=1)
+    for message in ('No experts in', '--lr_img=0.0', '--ipc=0', '--syn_steps=0', 'is a file'):
+        assert any(message in p for p in problems), (message, problems)
+
+
+def test_devices_must_divide_the_student_batch(parse, tmp_path):
+    parse(f'--expert_dir={_experts(str(tmp_path / "e"))}')   # ipc 1: 10 images
+    assert validate.distill_command_problems(num_devices=2) == []
+    assert any('divide among 3 devices' in p
+               for p in validate.distill_command_problems(num_devices=3))
+
+
+def _cli(module, *args):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    return subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_lists_problems_before_loading(tmp_path):
+    proc = _cli('distill', *BASE, f'--expert_dir={tmp_path}/none', '--lr_img=0')
+    assert proc.returncode == 2
+    assert '2 problems with the distillation settings' in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and 'Loading' not in proc.stderr
+
+
+def test_unknown_key_in_a_flagfile_is_named(tmp_path):
+    cfg = tmp_path / 'typo.cfg'
+    cfg.write_text('--dataset=digits\n--lr_imgg=100\n')
+    proc = _cli('distill', f'--flagfile={cfg}')
+    assert proc.returncode != 0 and 'lr_imgg' in proc.stderr and 'lr_img' in proc.stderr
