@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -39,11 +40,32 @@ def _quiet():
         absl_logging.set_verbosity(old)
 
 
-def save_tree(path: str, tree: Any) -> None:
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: ``MCT_JAX_CRASH_AT=name:n`` kills the process
+    with SIGKILL the n-th time it reaches the point ``name``. Does nothing otherwise."""
+    spec = os.environ.get('MCT_JAX_CRASH_AT')
+    if not spec:
+        return
+    want, _, n = spec.partition(':')
+    if want == name:
+        _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+        if _CRASH_COUNTS[name] == int(n or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+PREVIOUS = '.prev'
+
+
+def save_tree(path: str, tree: Any, keep_previous: bool = False) -> None:
     """Writes a pytree of arrays with Orbax to the folder ``path`` (replacing it atomically).
 
     Orbax itself writes into a temporary folder and renames it when complete; we write next
     to ``path`` and swap, so an existing ``path`` survives until the new one is complete.
+    With ``keep_previous`` the replaced one is kept as ``path + '.prev'``, the fallback of
+    :func:`load_tree_or_previous`.
     """
     ocp = _orbax()
     path = os.path.abspath(path)
@@ -57,13 +79,16 @@ def save_tree(path: str, tree: Any) -> None:
         ckpt.save(tmp, tree)
         ckpt.wait_until_finished()
         ckpt.close()
+    crash_point('checkpoint_written')
     if os.path.exists(path):
-        old = path + '.tmp-old'
+        old = path + (PREVIOUS if keep_previous else '.tmp-old')
         if os.path.exists(old):
             shutil.rmtree(old)
         os.replace(path, old)
+        crash_point('checkpoint_swap')
         os.replace(tmp, path)
-        shutil.rmtree(old)
+        if not keep_previous:
+            shutil.rmtree(old)
     else:
         os.replace(tmp, path)
 
@@ -86,6 +111,30 @@ def load_tree(path: str) -> Any:
         raise CheckpointError(f'Checkpoint {path} is incomplete or corrupt '
                               f'({type(e).__name__}: {e}).') from e
     return tree
+
+
+def load_tree_or_previous(path: str) -> tuple[Any, str]:
+    """The newest readable of ``path`` and its previous version (see ``keep_previous``).
+
+    Returns ``(tree, the folder read)``; logs a warning naming the damaged folder when it
+    falls back. Raises :class:`CheckpointError` when neither can be read.
+    """
+    errors = []
+    for candidate in (path, path + PREVIOUS, path + '.tmp-old'):
+        if not os.path.isdir(candidate):
+            continue
+        try:
+            tree = load_tree(candidate)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            absl_logging.warning('%s Using the previous checkpoint %s instead.',
+                                 ' '.join(errors), candidate)
+        return tree, candidate
+    if not errors:
+        raise CheckpointError(f'No checkpoint folder at {path}.')
+    raise CheckpointError(' '.join(errors) + ' No earlier checkpoint is readable either.')
 
 
 def _atomic_write(path: str, write) -> None:

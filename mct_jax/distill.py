@@ -232,7 +232,8 @@ class Distiller:
                               mode=self.progress, leave=False) as bar:
             acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
                                  syn['images'], labels, syn['lr'], self.x_test, self.y_test,
-                                 on_network=lambda i, a: bar.update(acc=100 * a))
+                                 on_network=lambda i, a: (bar.update(acc=100 * a),
+                                                          checkpoint.crash_point('evaluate')))
         return evaluate.summarize(acc)
 
     def _pictures(self, syn, labels, iteration, writer):
@@ -264,24 +265,38 @@ class Distiller:
         checkpoint.save_tree(os.path.join(self.out_dir, 'checkpoint'), {
             'syn': syn, 'opt': jax.tree.leaves(opt_state),
             'iteration': np.int64(iteration), 'best': np.float64(best),
-            'metrics_lines': np.int64(metrics_lines)})
+            'metrics_lines': np.int64(metrics_lines)}, keep_previous=True)
 
     def _restore(self, opt_state):
-        """The saved state, or None when the run has no checkpoint yet."""
+        """The saved state, or None when the run has no checkpoint yet.
+
+        A damaged latest checkpoint falls back to the previous one (a warning says so); the
+        best accuracy so far is the larger of the checkpoint's and ``best.npz``'s, so a
+        resumed run never replaces ``best.npz`` with a worse set.
+        """
         path = os.path.join(self.out_dir, 'checkpoint')
-        if not os.path.isdir(path):
+        if not any(os.path.isdir(path + sfx) for sfx in ('', checkpoint.PREVIOUS, '.tmp-old')):
             return None
         try:
-            tree = checkpoint.load_tree(path)
+            tree, _ = checkpoint.load_tree_or_previous(path)
         except checkpoint.CheckpointError as e:
             raise checkpoint.CheckpointError(
-                f'{e} Nothing was overwritten; remove {path} to restart this run from '
+                f'{e} Nothing was overwritten; remove {path}* to restart this run from '
                 'scratch.') from e
         treedef = jax.tree.structure(opt_state)
         opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in tree['opt']])
         syn = jax.tree.map(jnp.asarray, tree['syn'])
         syn, opt_state = self._place((syn, opt_state))
-        return syn, opt_state, int(tree['iteration']), float(tree['best']), int(tree['metrics_lines'])
+        best = float(tree['best'])
+        best_path = os.path.join(self.out_dir, 'best.npz')
+        if os.path.isfile(best_path):
+            try:
+                with np.load(best_path) as z:
+                    best = max(best, float(z['accuracy_mean']))
+            except Exception as e:  # a damaged best.npz may be replaced by the next best
+                logging.warning('Cannot read %s (%s); it will be replaced by the next '
+                                'evaluated set.', best_path, e)
+        return syn, opt_state, int(tree['iteration']), best, int(tree['metrics_lines'])
 
     # -- loop
 
@@ -357,6 +372,7 @@ class Distiller:
                 t0 = time.time()
                 syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
                 seconds = time.time() - t0
+                checkpoint.crash_point('iteration')
                 lr = float(syn['lr'])
                 log({'iteration': it, 'loss': loss, 'lr': lr,
                      'expert': [e for e, _ in samples], 'start': [c for _, c in samples],

@@ -178,6 +178,7 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
                 _leaves_to_npz(snap_path(t), params)
             _save_progress(progress_dir, t, params, norms, train_acc, test_acc, anchors,
                            before_anchor)
+            checkpoint.crash_point('expert_epoch')
         if on_epoch is not None:
             on_epoch(t, train_acc[-1], test_acc[-1])
     snapshots = in_memory
@@ -203,6 +204,7 @@ def save_expert(folder: str, run: ExpertRun, meta: dict) -> None:
              'anchor_epochs': np.asarray(run.anchor_epochs, np.int32),
              'betas': betas, 'step_norms': run.step_norms}
     checkpoint.save_tree(os.path.join(folder, 'state'), state)
+    checkpoint.crash_point('expert_save')
     if run.snapshots is not None:
         checkpoint.save_tree(os.path.join(folder, 'full'),
                              {'snapshots': jax.tree.map(lambda *xs: np.stack(xs), *run.snapshots)})
