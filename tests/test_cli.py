@@ -163,3 +163,14 @@ def test_presets_parse_and_validate(preset, preset_results):
     assert f'python -m mct_jax.distill --flagfile=experiments/{preset}' in text
     if preset.startswith(('cifar10_ipc', 'cifar100', 'tiny')):
         assert 'Published ConvNet accuracy' in text and 'Needs:' in text
+
+
+def test_readme_glossary_lists_every_flag():
+    from absl import flags
+
+    import mct_jax.flags  # noqa: F401
+    names = [f.name for f in flags.FLAGS.flags_by_module_dict()['mct_jax.flags']]
+    readme = open(os.path.join(REPO, 'README.md')).read()
+    glossary = readme[readme.index('## Flags: glossary'):]
+    missing = [n for n in names if f'| `--{n}` |' not in glossary]
+    assert not missing and len(names) > 40, missing
