@@ -29,6 +29,23 @@ def _orbax():
     return ocp
 
 
+def _checkpointer():
+    """An Orbax checkpointer private to this process.
+
+    In a multi-process run (``jax.distributed``) Orbax by default treats every save as a
+    collective of all processes; here each file belongs to one process (an expert to the
+    process that trained it, a distillation checkpoint to process 0), so each process saves
+    and restores on its own, with barrier keys that cannot collide.
+    """
+    ocp = _orbax()
+    import jax
+    me = jax.process_index()
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'process{me}'))
+
+
 @contextlib.contextmanager
 def _quiet():
     """Orbax logs a dozen INFO lines per save through absl; keep the user's log readable."""
@@ -66,8 +83,16 @@ def save_tree(path: str, tree: Any, keep_previous: bool = False) -> None:
     to ``path`` and swap, so an existing ``path`` survives until the new one is complete.
     With ``keep_previous`` the replaced one is kept as ``path + '.prev'``, the fallback of
     :func:`load_tree_or_previous`.
+
+    Arrays are written from host memory. In a multi-process run only process 0 may call
+    this: Orbax writes NumPy data from process 0 alone (and refuses one process's device
+    arrays), so other processes hand their results to process 0 (see ``mct_jax.expert``).
     """
-    ocp = _orbax()
+    import jax
+    if jax.process_index() != 0:
+        raise RuntimeError(f'save_tree({path}) called on process {jax.process_index()}; in a '
+                           'multi-process run only process 0 writes Orbax checkpoints.')
+    tree = jax.tree.map(np.asarray, tree)
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -75,7 +100,7 @@ def save_tree(path: str, tree: Any, keep_previous: bool = False) -> None:
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     with _quiet():
-        ckpt = ocp.StandardCheckpointer()
+        ckpt = _checkpointer()
         ckpt.save(tmp, tree)
         ckpt.wait_until_finished()
         ckpt.close()
@@ -99,12 +124,11 @@ def load_tree(path: str) -> Any:
     Raises:
       CheckpointError: the folder is missing, incomplete or unreadable.
     """
-    ocp = _orbax()
     if not os.path.isdir(path):
         raise CheckpointError(f'No checkpoint folder at {path}.')
     try:
         with _quiet():
-            ckpt = ocp.StandardCheckpointer()
+            ckpt = _checkpointer()
             tree = ckpt.restore(os.path.abspath(path))
             ckpt.close()
     except Exception as e:  # Orbax/TensorStore raise many types for damaged files.

@@ -29,6 +29,30 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
+def init_distributed(coordinator_address: str | None, num_processes: int | None,
+                     process_id: int | None, auto: bool = False) -> None:
+    """Joins a multi-process run (``jax.distributed``) when asked to; otherwise nothing.
+
+    All three of ``coordinator_address``, ``num_processes`` and ``process_id`` are needed,
+    or ``auto`` to let JAX detect the cluster. CPU processes exchange collectives through
+    Gloo (this setting only concerns JAX's CPU backend; GPUs use NCCL).
+    """
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if not any(given) and not auto:
+        return
+    if any(given) and not all(given):
+        raise ValueError('A multi-process run needs all of --coordinator_address=HOST:PORT, '
+                         '--num_processes=N and --process_id=I (or --distributed to detect '
+                         'them from the cluster environment).')
+    if all(given) and not 0 <= process_id < num_processes:
+        raise ValueError(f'--process_id={process_id} must be in [0, {num_processes}).')
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    if all(given):
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    else:
+        jax.distributed.initialize()
+
+
 def run(main) -> None:
     """``app.run(main)``, printing ``error: <message>`` and exiting with status 2 on a user
     error (bad flag values, missing or corrupt files, numerical faults)."""
@@ -37,6 +61,9 @@ def run(main) -> None:
             raise app.UsageError(f'Unexpected arguments {argv[1:]}; all settings are --flags.')
         enable_compilation_cache(flags.FLAGS.compilation_cache)
         try:
+            f = flags.FLAGS
+            init_distributed(f.coordinator_address, f.num_processes, f.process_id,
+                             f.distributed)
             return main(argv)
         except USER_ERRORS as e:
             print(f'error: {e}', file=sys.stderr)

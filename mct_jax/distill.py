@@ -188,7 +188,13 @@ class Distiller:
         self.meta_grad = parallel.make_meta_grad(model.apply, s.syn_steps, self.batch, s.dsa,
                                                  s.remat, devices)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
-        self.devices = devices or jax.local_devices()
+        self.devices = [d for d in (devices or jax.devices())
+                        if d.process_index == jax.process_index()]   # this process's
+        # Multi-process runs: every process runs the same loop on the same state; process 0
+        # alone writes files (the output folder must be shared for resuming).
+        self.primary = jax.process_index() == 0
+        if not self.primary:
+            self.progress, self.tensorboard, self.pictures = 'none', False, False
         self.update = make_update(self.tx, self.devices[0])
         self.point = jax.jit(trajectory.point)
         self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
@@ -252,6 +258,8 @@ class Distiller:
     # -- files
 
     def _npz(self, path, syn, labels, iteration, summary):
+        if not self.primary:
+            return
         images = np.asarray(syn['images'])
         checkpoint.write_npz(path, images=images, labels=np.asarray(labels),
                              lr=np.float32(syn['lr']), iteration=np.int64(iteration),
@@ -262,6 +270,8 @@ class Distiller:
                              settings=np.asarray(json.dumps(self.settings_json)))
 
     def _save_checkpoint(self, syn, opt_state, iteration, best, metrics_lines):
+        if not self.primary:
+            return
         checkpoint.save_tree(os.path.join(self.out_dir, 'checkpoint'), {
             'syn': syn, 'opt': jax.tree.leaves(opt_state),
             'iteration': np.int64(iteration), 'best': np.float64(best),
@@ -303,6 +313,8 @@ class Distiller:
     def _check_out_dir(self):
         """Refuses to resume a run whose settings differ (``--iterations`` may grow)."""
         path = os.path.join(self.out_dir, SETTINGS_FILE)
+        if not self.primary:
+            return
         if not os.path.isfile(path):
             checkpoint.write_json(path, self.settings_json)
             return
@@ -318,7 +330,8 @@ class Distiller:
 
     def run(self) -> dict:
         s = self.s
-        os.makedirs(self.out_dir, exist_ok=True)
+        if self.primary:
+            os.makedirs(self.out_dir, exist_ok=True)
         self._check_out_dir()
         syn, opt_state, labels = self.initial_state()
         metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
@@ -329,9 +342,10 @@ class Distiller:
             with open(metrics_path) as f:
                 lines = f.read().splitlines()[:n_lines]
             logging.info('Resuming from iteration %d (best so far %.2f%%).', first, best)
-        with open(metrics_path, 'w') as f:
-            f.write(''.join(line + '\n' for line in lines))
-        metrics = open(metrics_path, 'a')
+        if self.primary:
+            with open(metrics_path, 'w') as f:
+                f.write(''.join(line + '\n' for line in lines))
+        metrics = open(metrics_path if self.primary else os.devnull, 'a')
         writer = (monitor.EventWriter(os.path.join(self.out_dir, 'tensorboard'),
                                       purge_step=first if restored else None)
                   if self.tensorboard else None)
@@ -438,15 +452,15 @@ def load_experts(expert_dir: str, method: str, beta_mode: str, max_experts: int 
 def main(argv):
     del argv
     s = settings_from_flags()
-    validate.raise_if_any(validate.distill_command_problems(jax.local_device_count()),
+    validate.raise_if_any(validate.distill_command_problems(jax.device_count()),
                           'distillation')
     ds = shared.load_data()
     m_settings = shared.model_settings(ds)
     expected = dict(m_settings, **shared.data_settings())
     trajs = load_experts(shared.expert_dir(), s.method, s.beta_mode, s.max_experts, expected)
     counts = np.bincount(ds.y_train, minlength=ds.num_classes).tolist()
-    validate.raise_if_any(check_settings(s, trajs[0].num_epochs, counts,
-                                         jax.local_device_count()), 'distillation')
+    validate.raise_if_any(check_settings(s, trajs[0].num_epochs, counts, jax.device_count()),
+                          'distillation')
     out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
     settings_json = dict(s._asdict(), **expected, expert_dir=shared.expert_dir(),
                          num_experts_used=len(trajs))

@@ -78,33 +78,48 @@ def _npz_to_tree(path: str, like):
 
 def _save_progress(folder: str, t: int, params, norms, train_acc, test_acc, anchors,
                    before_anchor) -> None:
-    """The running state after epoch t, so a killed expert resumes at epoch t + 1."""
-    checkpoint.save_tree(os.path.join(folder, 'state'), {
-        'epoch': np.int64(t), 'params': _to_numpy(params),
-        'norms': np.stack(norms).astype(np.float32),
-        'train_acc': np.asarray(train_acc, np.float64),
-        'test_acc': np.asarray(test_acc, np.float64),
-        'anchors': {str(a): v for a, v in anchors.items()},
-        'before_anchor': {str(a): v for a, v in before_anchor.items()}})
+    """The running state after epoch t, so a killed expert resumes at epoch t + 1.
+
+    A transient NumPy archive (written atomically, removed when the expert is saved): any
+    process of a multi-process run can write it, which Orbax's collective saves do not allow.
+    """
+    arrays = {'epoch': np.int64(t), 'norms': np.stack(norms).astype(np.float32),
+              'train_acc': np.asarray(train_acc, np.float64),
+              'test_acc': np.asarray(test_acc, np.float64)}
+    for prefix, tree in [('params', params)] + [(f'anchor{a}', v) for a, v in anchors.items()] \
+            + [(f'before{a}', v) for a, v in before_anchor.items()]:
+        for i, leaf in enumerate(jax.tree.leaves(tree)):
+            arrays[f'{prefix}_{i:03d}'] = np.asarray(leaf)
+    os.makedirs(folder, exist_ok=True)
+    checkpoint.write_npz(os.path.join(folder, 'state.npz'), **arrays)
 
 
 def _load_progress(folder: str, like_params):
     """(t, params, norms, train_acc, test_acc, anchors, before_anchor) or None."""
-    path = os.path.join(folder, 'state')
-    if not os.path.isdir(path):
-        return None
-    try:
-        st = checkpoint.load_tree(path)
-    except checkpoint.CheckpointError as e:
-        logging.warning('Ignoring an unreadable in-progress expert state (%s); the expert '
-                        'restarts from epoch 0.', e)
+    path = os.path.join(folder, 'state.npz')
+    if not os.path.isfile(path):
         return None
     treedef = jax.tree.structure(like_params)
-    as_tree = lambda v: jax.tree.unflatten(treedef, jax.tree.leaves(v))
-    return (int(st['epoch']), as_tree(st['params']), list(np.asarray(st['norms'])),
-            [float(a) for a in st['train_acc']], [float(a) for a in st['test_acc']],
-            {int(a): as_tree(v) for a, v in st['anchors'].items()},
-            {int(a): as_tree(v) for a, v in st['before_anchor'].items()})
+    num = treedef.num_leaves
+    try:
+        with np.load(path) as z:
+            st = {k: z[k] for k in z.files}
+        trees = {}
+        for key in st:
+            prefix, _, i = key.rpartition('_')
+            if prefix and i.isdigit() and len(i) == 3:
+                trees.setdefault(prefix, []).append(key)
+        as_tree = lambda prefix: jax.tree.unflatten(
+            treedef, [st[f'{prefix}_{i:03d}'] for i in range(num)])
+        anchors = {int(p[6:]): as_tree(p) for p in trees if p.startswith('anchor')}
+        before = {int(p[6:]): as_tree(p) for p in trees if p.startswith('before')}
+        return (int(st['epoch']), as_tree('params'), list(st['norms']),
+                [float(a) for a in st['train_acc']], [float(a) for a in st['test_acc']],
+                anchors, before)
+    except Exception as e:  # a damaged file: start the expert again
+        logging.warning('Ignoring an unreadable in-progress expert state %s (%s); the expert '
+                        'restarts from epoch 0.', path, e)
+        return None
 
 
 def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
@@ -308,6 +323,43 @@ def write_expert_outputs(folder: str, run: ExpertRun, params_like, title: str = 
                         run.test_acc, os.path.join(folder, 'expert.png'), title)
 
 
+def _package(run: ExpertRun | None, index: int, seconds: float, model, num_epochs: int,
+             config: dict) -> dict:
+    """One expert as fixed-shape arrays (zeros with index -1 when there is none), so every
+    process can take part in the same all-gather."""
+    like = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
+    num_anchors = len(config['anchors'])
+    if run is None:
+        zeros = lambda n: jax.tree.map(lambda a: np.zeros((n,) + a.shape, a.dtype), like)
+        run = ExpertRun([like] * num_anchors, tuple(config['anchors']),
+                        np.zeros((num_epochs, len(jax.tree.leaves(like))), np.float32),
+                        None, [0.0] * num_epochs, [0.0] * (num_epochs + 1))
+        anchors = zeros(num_anchors)
+        snaps = zeros(num_epochs + 1) if config['save_full_trajectory'] else None
+    else:
+        anchors = jax.tree.map(lambda *xs: np.stack(xs), *run.anchors)
+        snaps = (jax.tree.map(lambda *xs: np.stack(xs), *run.snapshots)
+                 if run.snapshots is not None else None)
+    out = {'index': np.int32(index), 'seconds': np.float64(seconds), 'anchors': anchors,
+           'step_norms': np.asarray(run.step_norms, np.float32),
+           'train_acc': np.asarray(run.train_acc, np.float64),
+           'test_acc': np.asarray(run.test_acc, np.float64)}
+    if snaps is not None:
+        out['snapshots'] = snaps
+    return out
+
+
+def _unpackage(p: dict, config: dict) -> ExpertRun:
+    num_anchors = len(config['anchors'])
+    anchors = [jax.tree.map(lambda a, j=j: a[j], p['anchors']) for j in range(num_anchors)]
+    snaps = None
+    if 'snapshots' in p:
+        n = p['step_norms'].shape[0] + 1
+        snaps = [jax.tree.map(lambda a, j=j: a[j], p['snapshots']) for j in range(n)]
+    return ExpertRun(anchors, tuple(config['anchors']), p['step_norms'], snaps,
+                     [float(a) for a in p['train_acc']], [float(a) for a in p['test_acc']])
+
+
 def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   progress: str = 'auto', tensorboard: bool = True,
@@ -318,6 +370,10 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     an expert interrupted part-way resumes after its last finished epoch (its running state
     is saved in ``expert_XXXX/progress/`` after every epoch). Returns the indices trained by
     this call.
+
+    With several processes (``jax.distributed``) the experts are trained in rounds: in round
+    n every process trains its n-th missing expert, the finished experts are all-gathered
+    and process 0 writes them (Orbax writes NumPy data from process 0 only).
     """
     check_config(expert_dir, config)
     os.makedirs(expert_dir, exist_ok=True)
@@ -327,7 +383,14 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     todo = [i for i in mine if not is_complete(expert_path(expert_dir, i))]
     logging.info('%d of %d experts already complete in %s; training %s', num_experts - len(todo)
                  if process_count == 1 else len(mine) - len(todo), num_experts, expert_dir, todo)
-    if not todo:
+    multi = process_count > 1
+    if multi:
+        # Every process takes part in each round's exchange, so all agree on the count.
+        from jax.experimental import multihost_utils
+        rounds = int(np.max(multihost_utils.process_allgather(np.int32(len(todo)))))
+    else:
+        rounds = len(todo)
+    if not rounds:
         return []
     x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
@@ -335,37 +398,60 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     base = jax.random.key(seed)
     k = config['train_epochs']
     bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)
+
+    def save(i, run, seconds):
+        folder = expert_path(expert_dir, i)
+        save_expert(folder, run, {'index': i, 'seed': seed, 'seconds': seconds,
+                                  'images_per_second': k * x_train.shape[0] / seconds})
+        if pictures:
+            write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
+
     try:
-        for n, i in enumerate(todo):
-            start = time.time()
-            folder = expert_path(expert_dir, i)
-            writer = None
-            if tensorboard:
-                writer = monitor.EventWriter(os.path.join(expert_dir, 'tensorboard',
-                                                          f'expert_{i:04d}'))
+        for n in range(rounds):
+            i = todo[n] if n < len(todo) else -1
+            run, seconds = None, 0.0
+            if i >= 0:
+                start = time.time()
+                folder = expert_path(expert_dir, i)
+                writer = None
+                if tensorboard:
+                    writer = monitor.EventWriter(os.path.join(expert_dir, 'tensorboard',
+                                                              f'expert_{i:04d}'))
 
-            def on_epoch(t, train_acc, test_acc, i=i, n=n, writer=writer):
-                bar.done = n * k + t - 1   # exact even when the expert resumed mid-way
-                bar.update(expert=i, epoch=t, train_acc=round(train_acc, 3),
-                           test_acc=round(test_acc, 3))
+                def on_epoch(t, train_acc, test_acc, i=i, n=n, writer=writer):
+                    bar.done = n * k + t - 1   # exact even when the expert resumed mid-way
+                    bar.update(expert=i, epoch=t, train_acc=round(train_acc, 3),
+                               test_acc=round(test_acc, 3))
+                    if writer:
+                        writer.scalars(t, {'train_accuracy': train_acc,
+                                           'test_accuracy': test_acc})
+
+                run = train_expert(model, x_train, y_train, x_test, y_test,
+                                   jax.random.fold_in(base, i), k, config['anchors'],
+                                   smooth_anchors=config['smooth_anchors'],
+                                   keep_snapshots=config['save_full_trajectory'],
+                                   epoch_fn=epoch_fn, log_prefix=f'expert {i}: ',
+                                   progress_dir=os.path.join(folder, 'progress'),
+                                   on_epoch=on_epoch)
+                seconds = time.time() - start
                 if writer:
-                    writer.scalars(t, {'train_accuracy': train_acc, 'test_accuracy': test_acc})
-
-            run = train_expert(model, x_train, y_train, x_test, y_test,
-                               jax.random.fold_in(base, i), k, config['anchors'],
-                               smooth_anchors=config['smooth_anchors'],
-                               keep_snapshots=config['save_full_trajectory'], epoch_fn=epoch_fn,
-                               log_prefix=f'expert {i}: ',
-                               progress_dir=os.path.join(folder, 'progress'), on_epoch=on_epoch)
-            seconds = time.time() - start
-            save_expert(folder, run,
-                        {'index': i, 'seed': seed, 'seconds': seconds,
-                         'images_per_second': k * x_train.shape[0] / seconds})
-            if writer:
-                writer.close()
-            if pictures:
-                write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
-            bar.write(f'expert {i} done in {seconds:.0f}s: test acc {run.test_acc[-1]:.3f}')
+                    writer.close()
+                bar.write(f'expert {i} trained in {seconds:.0f}s: test acc '
+                          f'{run.test_acc[-1]:.3f}')
+            if not multi:
+                save(i, run, seconds)
+                continue
+            # Orbax writes NumPy data from process 0 only: every process hands its expert of
+            # this round to process 0 (an all-gather on the distributed runtime), which saves
+            # them all; the others wait at the barrier until the files exist.
+            package = _package(run, i, seconds, model, k, config)
+            gathered = multihost_utils.process_allgather(package)
+            if process_index == 0:
+                for q in range(process_count):
+                    got = jax.tree.map(lambda a, q=q: np.asarray(a)[q], gathered)
+                    if int(got['index']) >= 0:
+                        save(int(got['index']), _unpackage(got, config), float(got['seconds']))
+            multihost_utils.sync_global_devices(f'mct_jax experts round {n}')
     finally:
         bar.close()
     return todo

@@ -31,6 +31,14 @@ flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
 flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
 flags.DEFINE_enum('norm', 'instancenorm', models.NORMS, 'ConvNet normalisation.')
 flags.DEFINE_integer('seed', 0, 'Random seed; the same seed gives the same result.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host runs: host:port of process 0 '
+                    '(jax.distributed); with --num_processes and --process_id. Unset: one '
+                    'process, unless --distributed.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host runs: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host runs: this process (0 .. num_processes-1).')
+flags.DEFINE_boolean('distributed', False, 'Call jax.distributed.initialize() and let JAX read '
+                     'the cluster from its environment (SLURM, Open MPI, ...) instead of the '
+                     'three flags above.')
 flags.DEFINE_enum('progress', 'auto', ['auto', 'bar', 'log', 'none'],
                  'Progress display: a bar with rate and ETA on a terminal (auto), log lines '
                  'about every 5 percent of the work otherwise; or force one.')

@@ -1,7 +1,7 @@
 """Devices: the one place where the meta-gradient is spread over several devices.
 
-One code path, also used with a single device: ``jax.pmap`` over the local devices with one
-named axis. Every device holds the synthetic set and the (replicated) student parameters;
+One code path, also used with a single device: ``jax.pmap`` over all devices (of every
+process in a ``jax.distributed`` run) with one named axis. Every device holds the synthetic set and the (replicated) student parameters;
 each student step's minibatch is split across the devices and the student gradient is
 averaged with ``lax.pmean`` (in :func:`mct_jax.rollout.rollout`), so each device keeps the
 activations of only its share of the minibatch.
@@ -34,11 +34,15 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
     samples: the loss is the mean of the S matching losses, whose rollouts run together
     under ``vmap`` (S = 1 is the reference algorithm).
 
-    Returns ``(loss, grad_images, grad_lr)`` as single (not per-device) arrays. All
-    arguments are replicated to every device. ``batch_size`` must be divisible by the
+    Returns ``(loss, grad_images, grad_lr)`` as single (not per-device) arrays on this
+    process's first device. All arguments are replicated to every device. ``devices``
+    defaults to ``jax.devices()``: in a multi-process run every process calls ``meta_grad``
+    with the same arguments, its own devices take their shares of each minibatch, and the
+    gradients are averaged across all processes. ``batch_size`` must be divisible by the
     number of devices.
     """
-    devices = devices or jax.local_devices()
+    devices = list(devices or jax.devices())
+    local = [d for d in devices if d.process_index == jax.process_index()]
     num = len(devices)
     if batch_size % num:
         raise ValueError(f'--batch_syn={batch_size} must be divisible by the number of '
@@ -63,13 +67,13 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
 
     # pmap needs one mapped argument; everything else is broadcast to every device.
     mapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(None,) * 6 + (0,), devices=devices)
-    device_ids = jax.numpy.arange(num)
+    device_ids = jax.numpy.arange(len(local))   # pmap maps over this process's devices
 
     def meta_grad(images, lr, labels, theta_start, theta_target, keys):
         out = mapped(images, lr, labels, theta_start, theta_target, keys, device_ids)
         # Every device holds the same combined result; hand back device 0's copy as a plain
         # single-device array so that callers' jitted functions see one input layout (a
         # pmap-sharded input would make them recompile).
-        return tuple(jax.device_put(a[0], devices[0]) for a in out)
+        return tuple(jax.device_put(a[0], local[0]) for a in out)
     meta_grad.trace_count = lambda: traces[0]  # tests check that nothing recompiles
     return meta_grad
