@@ -166,6 +166,7 @@ def stage_distill(scale, work, ipc, name):
               'std': [e['eval']['std'] for e in evals], 'final_lr': evals[-1]['lr'],
               'seconds_per_iteration': statistics.median(secs) if secs else None,
               'faults': sum(s['fault'] != 'ok' for s in steps), 'wall_seconds': wall,
+              'best_npz': os.path.join(out, 'best.npz'),
               **curve_summary(its, means)}
     log(f'distill {name} ipc {ipc}: best {result["best"]:.2f} at {result["best_iteration"]}, '
         f'converged at {result["converged_at"]} ({wall:.0f} s)')
@@ -411,6 +412,17 @@ def plots(res, out):
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'memory_time_vs_N.png'), dpi=110)
     plt.close(fig)
+
+    import numpy as np
+
+    from mct_jax import monitor
+    for r in res['runs']:   # the best synthetic sets of MTT and MCT, one row per class
+        path = r.get('best_npz')
+        if r['name'] == 'mct_integer' or not path or not os.path.isfile(path):
+            continue
+        with np.load(path) as z:
+            grid = monitor.image_grid(z['images_display'], z['labels'], list(z['class_names']))
+        monitor.save_png(os.path.join(out, f'synthetic_{r["name"]}_ipc{r["ipc"]}.png'), grid)
 
 
 # ----------------------------------------------------------------------------- main
