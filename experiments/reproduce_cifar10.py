@@ -247,8 +247,10 @@ def child_timing(scale, work, steps, remat):
 
 def write_report(res, out):
     os.makedirs(out, exist_ok=True)
+    portable = dict(res, runs=[{k: v for k, v in r.items() if k != 'best_npz'}
+                               for r in res['runs']])   # no machine-specific paths
     with open(os.path.join(out, 'reproduce_cifar10.json'), 'w') as f:
-        json.dump(res, f, indent=1)
+        json.dump(portable, f, indent=1)
     md = markdown(res)
     with open(os.path.join(out, 'reproduce_cifar10.md'), 'w') as f:
         f.write(md)
