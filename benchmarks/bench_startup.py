@@ -28,13 +28,14 @@ REPO = os.path.dirname(HERE)
 
 def time_to_first_iteration(flagfile: str, out_dir: str, cache: str) -> dict:
     cmd = [sys.executable, '-m', 'mct_jax.distill', f'--flagfile={flagfile}',
-           f'--out_dir={out_dir}', '--iterations=1', f'--compilation_cache={cache}']
+           f'--out_dir={out_dir}', '--iterations=1', f'--compilation_cache={cache}',
+           '--progress=log']
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
     first = None
     for line in proc.stderr:
-        if first is None and 'iteration 1/1' in line:
+        if first is None and 'distill 1/1' in line:   # the progress line of iteration 1
             first = time.perf_counter() - start
     proc.wait()
     total = time.perf_counter() - start
