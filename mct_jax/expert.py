@@ -383,7 +383,9 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     todo = [i for i in mine if not is_complete(expert_path(expert_dir, i))]
     logging.info('%d of %d experts already complete in %s; training %s', num_experts - len(todo)
                  if process_count == 1 else len(mine) - len(todo), num_experts, expert_dir, todo)
-    multi = process_count > 1
+    # In a jax.distributed run the finished experts travel to process 0, which writes them.
+    # Without one (separate jobs given process_index / process_count), each job writes its own.
+    multi = process_count > 1 and jax.process_count() > 1
     if multi:
         # Every process takes part in each round's exchange, so all agree on the count.
         from jax.experimental import multihost_utils
