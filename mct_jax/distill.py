@@ -242,9 +242,9 @@ class Distiller:
                                                           checkpoint.crash_point('evaluate')))
         return evaluate.summarize(acc)
 
-    def _pictures(self, syn, labels, iteration, writer):
-        grid = monitor.image_grid(self.ds.to_display(np.asarray(syn['images'])),
-                                  np.asarray(labels), self.ds.class_names)
+    def _pictures(self, images, labels, iteration, writer):
+        """Runs on the background thread (see :meth:`run`), from NumPy copies."""
+        grid = monitor.image_grid(self.ds.to_display(images), labels, self.ds.class_names)
         os.makedirs(os.path.join(self.out_dir, 'images'), exist_ok=True)
         monitor.save_png(os.path.join(self.out_dir, 'images', f'iteration_{iteration:06d}.png'),
                          grid)
@@ -350,6 +350,7 @@ class Distiller:
                                       purge_step=first if restored else None)
                   if self.tensorboard else None)
         bar = monitor.Progress(s.iterations, 'distill', initial=first, mode=self.progress)
+        background = monitor.Background()   # pictures, off the training loop
 
         def log(record):
             metrics.write(json.dumps(record) + '\n')
@@ -377,7 +378,8 @@ class Distiller:
                                             'eval/best': best})
                         writer.flush()
                     if self.pictures:
-                        self._pictures(syn, labels, it, writer)
+                        background.submit(self._pictures, np.asarray(syn['images']),
+                                          np.asarray(labels), it, writer)
                     self._save_checkpoint(syn, opt_state, it, best, len(lines))
                     result = {'iteration': it, 'accuracy': summary, 'best': best,
                               'lr': float(syn['lr'])}
@@ -407,6 +409,8 @@ class Distiller:
                 bar.update(**stats)
         finally:
             bar.close()
+            metrics.flush()
+            background.close()   # the pictures read metrics.jsonl
             metrics.close()
             if writer:
                 writer.close()

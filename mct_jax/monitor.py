@@ -103,8 +103,36 @@ class Progress:
 
 # ----------------------------------------------------------------------------- TensorBoard
 
+class Background:
+    """One worker thread that runs jobs in order (pictures, event files), so slow imports
+    and rendering stay off the training loop. :meth:`wait` re-raises a job's error."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.futures = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.futures.append(self.pool.submit(fn, *args, **kwargs))
+        done = [f for f in self.futures if f.done()]
+        for f in done:   # surface errors early, keep the list short
+            self.futures.remove(f)
+            f.result()
+
+    def wait(self):
+        futures, self.futures = self.futures, []
+        for f in futures:
+            f.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 class EventWriter:
-    """TensorBoard scalars and images in ``log_dir``.
+    """TensorBoard scalars and images in ``log_dir``, written from a background thread.
 
     ``purge_step``: when a run resumes from a checkpoint at step s, events an earlier,
     interrupted process wrote at steps >= s are hidden by TensorBoard, so curves do not
@@ -112,23 +140,33 @@ class EventWriter:
     """
 
     def __init__(self, log_dir: str, purge_step: int | None = None):
-        from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(log_dir, purge_step=purge_step or None, flush_secs=30)
+        self.background = Background()
+        self.writer = None
+
+        def open_writer():
+            from tensorboardX import SummaryWriter   # about 1 s to import: off the main thread
+            self.writer = SummaryWriter(log_dir, purge_step=purge_step or None, flush_secs=30)
+        self.background.submit(open_writer)
 
     def scalars(self, step: int, values: dict) -> None:
-        for k, v in values.items():
-            if v is not None and np.isfinite(v):
-                self.writer.add_scalar(k, float(v), step)
+        values = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+        def write():
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+        self.background.submit(write)
 
     def image(self, tag: str, step: int, image: np.ndarray) -> None:
         """``image``: [H, W, 3] uint8."""
-        self.writer.add_image(tag, image, step, dataformats='HWC')
+        self.background.submit(lambda: self.writer.add_image(tag, image, step,
+                                                             dataformats='HWC'))
 
     def flush(self) -> None:
-        self.writer.flush()
+        self.background.submit(lambda: self.writer.flush())
 
     def close(self) -> None:
-        self.writer.close()
+        self.background.submit(lambda: self.writer.close())
+        self.background.close()
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -189,10 +227,15 @@ def read_metrics(path: str) -> tuple[list, list]:
     """(evaluations, steps) from a distillation ``metrics.jsonl``."""
     evals, steps = [], []
     with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                (evals if 'eval' in r else steps).append(r)
+        lines = [line for line in f if line.strip()]
+    for n, line in enumerate(lines):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:   # being written by the run right now
+                break
+            raise
+        (evals if 'eval' in r else steps).append(r)
     return evals, steps
 
 
