@@ -248,6 +248,20 @@ def _moving_average(x, k):
     return np.concatenate([head, (c[k:] - c[:-k]) / k])
 
 
+def _finish(fig, axes, title: str, png: str) -> None:
+    """Grid lines, title, and an atomic write of the figure to ``png``."""
+    import matplotlib.pyplot as plt
+    for a in axes:
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = png + '.tmp.png'
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
 def plot_distillation(metrics_path: str, png: str, title: str = '') -> None:
     """Accuracy (mean +- std), matching loss and learned lr against the iteration."""
     import matplotlib
@@ -271,15 +285,7 @@ def plot_distillation(metrics_path: str, png: str, title: str = '') -> None:
         a3.plot(it, [r['lr'] for r in steps])
     a2.set(xlabel='iteration', ylabel='matching loss', title='loss')
     a3.set(xlabel='iteration', ylabel='learned student lr', title='learned lr')
-    for a in (a1, a2, a3):
-        a.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    tmp = png + '.tmp.png'
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    _finish(fig, (a1, a2, a3), title, png)
 
 
 def plot_expert(betas: np.ndarray, anchor_epochs: Sequence[int], leaf_names: Sequence[str],
@@ -310,15 +316,7 @@ def plot_expert(betas: np.ndarray, anchor_epochs: Sequence[int], leaf_names: Seq
     a2.plot(range(len(test_acc)), 100 * np.asarray(test_acc), label='test')
     a2.set(xlabel='epoch', ylabel='accuracy (%)', title='expert accuracy')
     a2.legend()
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    tmp = png + '.tmp.png'
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    _finish(fig, (a1, a2), title, png)
 
 
 def _uniform(t, anchor_epochs):
