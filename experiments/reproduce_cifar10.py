@@ -113,15 +113,6 @@ def stage_experts(scale, work):
             'ratio': statistics.mean(mct) / statistics.mean(full)}
 
 
-def _read_metrics(path):
-    evals, steps = [], []
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            (evals if 'eval' in r else steps).append(r)
-    return evals, steps
-
-
 def curve_summary(iterations, means, window: float = 2.0) -> dict:
     """Best accuracy, convergence iteration and the spread after it.
 
@@ -157,7 +148,8 @@ def stage_distill(scale, work, ipc, name):
         wall = time.time() - t0
         with open(cached, 'w') as f:
             json.dump({'seconds': wall}, f)
-    evals, steps = _read_metrics(os.path.join(out, 'metrics.jsonl'))
+    from mct_jax import monitor
+    evals, steps = monitor.read_metrics(os.path.join(out, 'metrics.jsonl'))
     its = [e['iteration'] for e in evals]
     means = [e['eval']['mean'] for e in evals]
     secs = [s['seconds'] for s in steps[1:]]   # the first iteration includes compiling

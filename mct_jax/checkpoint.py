@@ -74,6 +74,9 @@ def crash_point(name: str) -> None:
 
 
 PREVIOUS = '.prev'
+# Where a checkpoint may be found, newest first: itself, the kept previous one, and the old
+# one a crash left moved aside mid-swap.
+FALLBACKS = ('', PREVIOUS, '.tmp-old')
 
 
 def save_tree(path: str, tree: Any, keep_previous: bool = False) -> None:
@@ -144,7 +147,7 @@ def load_tree_or_previous(path: str) -> tuple[Any, str]:
     falls back. Raises :class:`CheckpointError` when neither can be read.
     """
     errors = []
-    for candidate in (path, path + PREVIOUS, path + '.tmp-old'):
+    for candidate in (path + sfx for sfx in FALLBACKS):
         if not os.path.isdir(candidate):
             continue
         try:

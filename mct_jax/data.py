@@ -86,6 +86,7 @@ VALID_SOURCES = {'digits': ('sklearn', 'npz'), 'cifar10': ('tfds', 'npz'),
                  'cifar100': ('tfds', 'npz'), 'tiny_imagenet': ('folder', 'npz')}
 NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'tiny_imagenet': 200}
 CHANNELS = {'digits': 1, 'cifar10': 3, 'cifar100': 3, 'tiny_imagenet': 3}
+IMAGE_SIZE = {'digits': 16, 'cifar10': 32, 'cifar100': 32, 'tiny_imagenet': 64}  # after loading
 
 # Per-channel (mean, std) of the reference code's transforms.Normalize; 'digits' is
 # computed from its training split instead.

@@ -285,7 +285,7 @@ class Distiller:
         resumed run never replaces ``best.npz`` with a worse set.
         """
         path = os.path.join(self.out_dir, 'checkpoint')
-        if not any(os.path.isdir(path + sfx) for sfx in ('', checkpoint.PREVIOUS, '.tmp-old')):
+        if not any(os.path.isdir(path + sfx) for sfx in checkpoint.FALLBACKS):
             return None
         try:
             tree, _ = checkpoint.load_tree_or_previous(path)

@@ -327,25 +327,23 @@ def _package(run: ExpertRun | None, index: int, seconds: float, model, num_epoch
              config: dict) -> dict:
     """One expert as fixed-shape arrays (zeros with index -1 when there is none), so every
     process can take part in the same all-gather."""
-    like = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
-    num_anchors = len(config['anchors'])
-    if run is None:
-        zeros = lambda n: jax.tree.map(lambda a: np.zeros((n,) + a.shape, a.dtype), like)
-        run = ExpertRun([like] * num_anchors, tuple(config['anchors']),
-                        np.zeros((num_epochs, len(jax.tree.leaves(like))), np.float32),
-                        None, [0.0] * num_epochs, [0.0] * (num_epochs + 1))
-        anchors = zeros(num_anchors)
-        snaps = zeros(num_epochs + 1) if config['save_full_trajectory'] else None
+    if run is None:   # this process has no expert this round: zeros of the right shapes
+        shapes = jax.eval_shape(model.init, jax.random.key(0))
+        zeros = lambda n: jax.tree.map(lambda a: np.zeros((n,) + a.shape, a.dtype), shapes)
+        stack = lambda trees: zeros(len(trees))
+        run = ExpertRun([None] * len(config['anchors']), (),
+                        np.zeros((num_epochs, len(jax.tree.leaves(shapes))), np.float32),
+                        [None] * (num_epochs + 1) if config['save_full_trajectory'] else None,
+                        [0.0] * num_epochs, [0.0] * (num_epochs + 1))
     else:
-        anchors = jax.tree.map(lambda *xs: np.stack(xs), *run.anchors)
-        snaps = (jax.tree.map(lambda *xs: np.stack(xs), *run.snapshots)
-                 if run.snapshots is not None else None)
-    out = {'index': np.int32(index), 'seconds': np.float64(seconds), 'anchors': anchors,
+        stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+    out = {'index': np.int32(index), 'seconds': np.float64(seconds),
+           'anchors': stack(run.anchors),
            'step_norms': np.asarray(run.step_norms, np.float32),
            'train_acc': np.asarray(run.train_acc, np.float64),
            'test_acc': np.asarray(run.test_acc, np.float64)}
-    if snaps is not None:
-        out['snapshots'] = snaps
+    if run.snapshots is not None:
+        out['snapshots'] = stack(run.snapshots)
     return out
 
 
@@ -471,13 +469,17 @@ def anchors_from_flags() -> tuple[int, ...]:
     return trajectory.check_anchor_epochs(epochs, k)
 
 
+def training_settings_from_flags() -> dict:
+    """The expert-training flags stored in an expert folder's config (anchors aside)."""
+    return dict(train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
+                batch_train=FLAGS.batch_train, smooth_anchors=FLAGS.smooth_anchors,
+                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+
+
 def config_from_flags(ds: data.Dataset) -> dict:
     """Everything that must agree between runs writing into one expert folder."""
     return dict(shared.model_settings(ds), **shared.data_settings(),
-                train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
-                batch_train=FLAGS.batch_train, anchors=list(anchors_from_flags()),
-                smooth_anchors=FLAGS.smooth_anchors,
-                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+                **training_settings_from_flags(), anchors=list(anchors_from_flags()))
 
 
 def main(argv):

@@ -80,7 +80,7 @@ def model_problems() -> list[str]:
         problems.append(f'--width={FLAGS.width} must be at least 1.')
     if FLAGS.depth < 1:
         problems.append(f'--depth={FLAGS.depth} must be at least 1.')
-    size = {'digits': 16, 'cifar10': 32, 'cifar100': 32, 'tiny_imagenet': 64}[FLAGS.dataset]
+    size = data.IMAGE_SIZE[FLAGS.dataset]
     if FLAGS.depth >= 1 and size % (2 ** FLAGS.depth):
         problems.append(f'--depth={FLAGS.depth} halves the {size}x{size} images {FLAGS.depth} '
                         f'times; use at most depth {(size & -size).bit_length() - 1}.')
@@ -88,9 +88,9 @@ def model_problems() -> list[str]:
 
 
 def _flag_config() -> dict:
-    """The expert-folder settings that can be known from the flags alone."""
-    return {'dataset': FLAGS.dataset, 'train_images_per_class': FLAGS.train_images_per_class,
-            'zca': FLAGS.zca, 'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm}
+    """The data and model settings of an expert folder that the flags alone determine."""
+    from mct_jax import flags as shared
+    return dict(shared.data_settings(), width=FLAGS.width, depth=FLAGS.depth, norm=FLAGS.norm)
 
 
 def stored_config_problems(expert_dir: str, keys) -> list[str]:
@@ -102,9 +102,7 @@ def stored_config_problems(expert_dir: str, keys) -> list[str]:
         stored = checkpoint.read_json(path)
     except checkpoint.CheckpointError as e:
         return [str(e)]
-    mine = dict(_flag_config(), train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
-                batch_train=FLAGS.batch_train, smooth_anchors=FLAGS.smooth_anchors,
-                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+    mine = dict(_flag_config(), **expert.training_settings_from_flags())
     return [f'{expert_dir} holds experts with {k}={stored.get(k)!r} but the flags say '
             f'{mine[k]!r}; use the same settings or another --expert_dir.'
             for k in keys if k in stored and stored.get(k) != mine[k]]
@@ -130,9 +128,9 @@ def expert_command_problems() -> list[str]:
             problems.append(str(e))
     expert_dir = shared.expert_dir()
     problems += [p for p in [writable_problem(expert_dir, 'expert_dir')] if p]
-    problems += stored_config_problems(expert_dir, list(_flag_config()) + [
-        'train_epochs', 'lr_teacher', 'batch_train', 'smooth_anchors', 'save_full_trajectory',
-        'seed'])
+    from mct_jax import expert
+    problems += stored_config_problems(
+        expert_dir, list(_flag_config()) + list(expert.training_settings_from_flags()))
     return problems
 
 
