@@ -5,7 +5,8 @@
 
 For each (width, N, ipc) of the grid it times, side by side in one run and close together
 in time, one outer iteration (N student steps, the exact meta-gradient, the update) of:
-ours without and with ``--remat``, and the PyTorch version of ``torch_reference.py`` (flat
+ours with the default ``--meta_grad=forward``, with ``--meta_grad=reverse`` without and
+with ``--remat``, and the PyTorch version of ``torch_reference.py`` (flat
 parameters, ``create_graph=True``, as the reference MTT code). Every measurement runs in
 its own child process (so peak memory is that configuration's own) on the same inputs:
 CIFAR-shaped 32x32x3 images, 10 classes, all ``10 * ipc`` synthetic images in every step,
@@ -72,22 +73,32 @@ def iteration_flops(m, start, target, images, labels, steps):
     return f1 + (steps - 1) * (f2 - f1)
 
 
-def child_jax(width, steps, ipc, remat, repeats, max_gb):
+VARIANTS = {  # name: (rollout.meta_loss method, remat, hand-written student gradient)
+    'forward': ('forward', False, True),        # the default (--meta_grad=forward)
+    'reverse': ('reverse', False, False),       # --meta_grad=reverse
+    'reverse_remat': ('reverse', True, False),  # --meta_grad=reverse --remat
+}
+
+
+def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
     import jax
     import jax.numpy as jnp
     from mct_jax import distill, rollout
     m, start, target, images, labels = _inputs(width, ipc)
     lr = jnp.float32(0.01)
     key = jax.random.key(0)
+    method, remat, hand = VARIANTS[variant]
     grad_fn = jax.jit(lambda im, r, k: jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
-        im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat))
+        im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat,
+        method=method, loss_grad=m.loss_grad if hand else None))
     t0 = time.perf_counter()
     compiled = grad_fn.lower(images, lr, key).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     xla_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-    out = dict(compile_s=compile_s, xla_gb=xla_bytes / 1e9,
-               flops=iteration_flops(m, start, target, images, labels, steps))
+    out = dict(compile_s=compile_s, xla_gb=xla_bytes / 1e9)
+    if count_flops:
+        out['flops'] = iteration_flops(m, start, target, images, labels, steps)
     if xla_bytes > max_gb * 1e9:
         return dict(out, skipped=f'predicted {xla_bytes / 1e9:.1f} GB > --max_gb={max_gb}')
     tx = distill.make_optimizer(100.0, 1e-5)
@@ -195,13 +206,14 @@ def main():
         for steps in map(int, a.steps.split(',')):
             for ipc in map(int, a.ipcs.split(',')):
                 row = dict(width=width, N=steps, ipc=ipc)
-                for remat in (False, True):
-                    row['jax_remat' if remat else 'jax'] = _spawn(
-                        dict(kind='jax', width=width, steps=steps, ipc=ipc, remat=remat,
-                             repeats=a.repeats, max_gb=a.max_gb), a.timeout)
+                for variant in VARIANTS:
+                    row[variant] = _spawn(
+                        dict(kind='jax', width=width, steps=steps, ipc=ipc, variant=variant,
+                             repeats=a.repeats, max_gb=a.max_gb,
+                             count_flops=variant == 'forward'), a.timeout)
                 # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
-                # no-remat buffers; skip what would not fit.
-                predicted = 0.6 * row['jax'].get('xla_gb', 0)
+                # reverse no-remat buffers; skip what would not fit.
+                predicted = 0.6 * row['reverse'].get('xla_gb', 0)
                 if a.no_torch:
                     row['torch'] = dict(skipped='--no_torch')
                 elif predicted > a.max_gb:
@@ -210,12 +222,13 @@ def main():
                 else:
                     row['torch'] = _spawn(dict(kind='torch', width=width, steps=steps, ipc=ipc,
                                                repeats=a.repeats, threads=threads), a.timeout)
-                ours = [row[k]['seconds'] for k in ('jax', 'jax_remat') if 'seconds' in row[k]]
-                if ours and 'seconds' in row['torch']:
-                    row['ours_over_torch'] = min(ours) / row['torch']['seconds']
-                flops = row['jax_remat'].get('flops') or row['jax'].get('flops')
-                if ours and flops:
-                    row['gflops_achieved'] = flops / min(ours) / 1e9
+                torch_s = row['torch'].get('seconds')
+                for variant in VARIANTS:
+                    if torch_s and 'seconds' in row[variant]:
+                        row[f'{variant}_over_torch'] = row[variant]['seconds'] / torch_s
+                flops = row['forward'].get('flops')
+                if flops and 'seconds' in row['forward']:
+                    row['gflops_achieved'] = flops / row['forward']['seconds'] / 1e9
                 rows.append(row)
                 print(_fmt_row(row), flush=True)
                 _save(a.out, matmul, rows)  # after every row: a long grid keeps what it has
@@ -229,8 +242,10 @@ def _save(path, matmul, rows):
                                matmul_gflops=matmul.get('gflops')),
                   note='no augmentation on either side; seconds = median of repeats after '
                        'a warm-up; FLOPs: XLA cost analysis of the exact meta-gradient '
-                       '(unrolled 1- and 2-step rollouts, extrapolated to N; no remat '
-                       'recomputation); GFLOP/s uses the fastest of our two times',
+                       '(reverse method, unrolled 1- and 2-step rollouts, extrapolated to N; '
+                       'no recomputation); GFLOP/s: those FLOPs over the forward method time. '
+                       'Variants: forward = --meta_grad=forward (default, hand-written student '
+                       'gradient), reverse = --meta_grad=reverse, reverse_remat = with --remat',
                   rows=rows)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
@@ -244,23 +259,28 @@ def _s(d, key='seconds', fmt='{:.2f}'):
 
 
 def _fmt_row(r):
-    return (f"width {r['width']} N {r['N']} ipc {r['ipc']}: jax {_s(r['jax'])} s, "
-            f"remat {_s(r['jax_remat'])} s, torch {_s(r['torch'])} s")
+    return (f"width {r['width']} N {r['N']} ipc {r['ipc']}: forward {_s(r['forward'])} s, "
+            f"reverse {_s(r['reverse'])} s, reverse+remat {_s(r['reverse_remat'])} s, "
+            f"torch {_s(r['torch'])} s")
 
 
 def table(rows) -> str:
     """Markdown table of a result list."""
-    lines = ['| width | N | ipc | ours (s) | ours, remat (s) | PyTorch (s) | ours / PyTorch | '
-             'GFLOP | GFLOP/s | peak MB: ours / remat / PyTorch |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| width | N | ipc | forward (s) | reverse (s) | reverse, remat (s) | PyTorch (s) | '
+             'forward / PyTorch | reverse, remat / PyTorch | GFLOP | GFLOP/s | '
+             'peak MB: forward / reverse / remat / PyTorch |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    ratio = lambda r, k: f"{r[k]:.2f}" if k in r else '-'
     for r in rows:
-        ratio = f"{r['ours_over_torch']:.2f}" if 'ours_over_torch' in r else '-'
-        flops = r['jax'].get('flops') or r['jax_remat'].get('flops')
+        flops = r['forward'].get('flops')
         gf = f"{flops / 1e9:.0f}" if flops else '-'
         rate = f"{r['gflops_achieved']:.0f}" if 'gflops_achieved' in r else '-'
-        mem = ' / '.join(_s(r[k], 'peak_rss_mb', '{:.0f}') for k in ('jax', 'jax_remat', 'torch'))
-        lines.append(f"| {r['width']} | {r['N']} | {r['ipc']} | {_s(r['jax'])} | "
-                     f"{_s(r['jax_remat'])} | {_s(r['torch'])} | {ratio} | {gf} | {rate} | {mem} |")
+        mem = ' / '.join(_s(r[k], 'peak_rss_mb', '{:.0f}')
+                         for k in ('forward', 'reverse', 'reverse_remat', 'torch'))
+        lines.append(f"| {r['width']} | {r['N']} | {r['ipc']} | {_s(r['forward'])} | "
+                     f"{_s(r['reverse'])} | {_s(r['reverse_remat'])} | {_s(r['torch'])} | "
+                     f"{ratio(r, 'forward_over_torch')} | "
+                     f"{ratio(r, 'reverse_remat_over_torch')} | {gf} | {rate} | {mem} |")
     return '\n'.join(lines)
 
 

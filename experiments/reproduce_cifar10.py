@@ -49,7 +49,8 @@ SCALES = {
         'runs': {1: dict(syn_steps=20, iterations=300, eval_every=20, eval_epochs=300),
                  10: dict(syn_steps=10, iterations=200, eval_every=25, eval_epochs=200)},
         'common': ['--expert_epochs=2', '--max_start_epoch=8', '--lr_img=1000',
-                   '--lr_lr=1e-07', '--num_eval=5', '--remat'],
+                   # as the recorded results were run (before --meta_grad=forward existed)
+                   '--lr_lr=1e-07', '--num_eval=5', '--meta_grad=reverse', '--remat'],
         'timing_steps': [10, 20, 40], 'timing_ipc': 10, 'timing_repeats': 3,
     },
     'smoke': {   # a minute-long check that every stage works (tests/test_experiments.py)
@@ -58,7 +59,7 @@ SCALES = {
         'runs': {1: dict(syn_steps=3, iterations=4, eval_every=2, eval_epochs=3),
                  2: dict(syn_steps=2, iterations=4, eval_every=2, eval_epochs=3)},
         'common': ['--expert_epochs=1', '--max_start_epoch=2', '--lr_img=100',
-                   '--lr_lr=1e-07', '--num_eval=2', '--remat'],
+                   '--lr_lr=1e-07', '--num_eval=2', '--meta_grad=reverse', '--remat'],
         'timing_steps': [2, 3, 4], 'timing_ipc': 2, 'timing_repeats': 1,
     },
 }

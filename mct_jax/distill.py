@@ -55,6 +55,7 @@ class Settings(NamedTuple):
     num_eval: int = 5
     eval_epochs: int = 300
     remat: bool = False
+    meta_grad: str = 'forward'    # 'forward' (forward-over-reverse) or 'reverse'
     dsa: bool = True
     beta_mode: str = 'steps'
     start_sampling: str = 'continuous'
@@ -83,7 +84,8 @@ def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
 
 SETTINGS_FILE = 'settings.json'
 # Settings that may differ when a run is resumed: extending it, or evaluating it differently.
-RESUMABLE_CHANGES = ('iterations',)
+# How the meta-gradient is computed (the same derivative either way) may change too.
+RESUMABLE_CHANGES = ('iterations', 'meta_grad', 'remat')
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
 
@@ -186,7 +188,8 @@ class Distiller:
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
         self.meta_grad = parallel.make_meta_grad(model.apply, s.syn_steps, self.batch, s.dsa,
-                                                 s.remat, devices)
+                                                 s.remat, devices, model.loss_grad,
+                                                 s.meta_grad)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
         self.devices = [d for d in (devices or jax.devices())
                         if d.process_index == jax.process_index()]   # this process's

@@ -53,14 +53,17 @@ def _to_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def make_epoch_fn(apply_fn, lr: float, batch_size: int):
-    """Jitted plain-SGD epoch: ``(params, x, y, key) -> (params, step_norms [L], correct)``."""
+def make_epoch_fn(apply_fn, lr: float, batch_size: int, loss_grad=None):
+    """Jitted plain-SGD epoch: ``(params, x, y, key) -> (params, step_norms [L], correct)``.
+
+    ``loss_grad``: the model's hand-written gradient (``Model.loss_grad``), if it has one.
+    """
     tx = optax.sgd(lr)
 
     @jax.jit
     def epoch(params, x, y, key):
         new, _, correct = train.sgd_epoch(apply_fn, params, tx.init(params), tx, x, y, key,
-                                          batch_size)
+                                          batch_size, loss_grad=loss_grad)
         return new, trajectory.leaf_norms(new, params), correct
     return epoch
 
@@ -146,7 +149,8 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
       on_epoch: called as ``on_epoch(t, train_acc, test_acc)`` after each epoch.
     """
     anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
-    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size)
+    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size,
+                                         getattr(model, 'loss_grad', None))
     params = model.init(jax.random.fold_in(key, 0))
     anchors: dict[int, Any] = {0: _to_numpy(params)}
     before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it
@@ -394,7 +398,8 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
         return []
     x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-    epoch_fn = make_epoch_fn(model.apply, config['lr_teacher'], config['batch_train'])
+    epoch_fn = make_epoch_fn(model.apply, config['lr_teacher'], config['batch_train'],
+                             model.loss_grad)
     base = jax.random.key(seed)
     k = config['train_epochs']
     bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)

@@ -85,8 +85,13 @@ flags.DEFINE_integer('eval_every', 50, 'Evaluate, save and checkpoint every this
 flags.DEFINE_integer('num_eval', 5, 'Networks trained per evaluation.')
 flags.DEFINE_integer('eval_epochs', 300, 'Epochs per evaluation network (the reference uses 1000).')
 flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
-flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backward pass: the '
-                     'same gradient with much less memory (often faster on CPU).')
+flags.DEFINE_enum('meta_grad', 'forward', ['forward', 'reverse'],
+                  'How the meta-gradient is computed (the same derivative): forward = each '
+                  "step's Hessian-vector products in forward mode through a custom VJP, memory "
+                  'flat in N (fastest); reverse = jax.grad through the scan, as the reference.')
+flags.DEFINE_boolean('remat', False, 'With --meta_grad=reverse: recompute each student step in '
+                     'the backward pass, the same gradient with much less memory. (The forward '
+                     'method already keeps only the parameters of each step.)')
 flags.DEFINE_boolean('dsa', True, 'DSA augmentation in the student steps and evaluation.')
 flags.DEFINE_enum('beta_mode', 'steps', ['steps', 'uniform', 'projected'],
                   'MCT betas: steps (eq. 9), uniform (t/K) or projected (one global beta).')

@@ -10,7 +10,11 @@ Combining the meta-gradients: inside ``pmap`` the transpose of ``psum`` is ``psu
 ``jax.grad`` of the (identical) per-device losses returns, on each device, the derivative of
 the *sum* of all D copies of the loss with respect to that device's copy of the inputs;
 summing those over devices and dividing by D gives the gradient of the single loss, i.e.
-``lax.pmean`` of the per-device gradients. ``tests/test_distill.py`` checks that 1, 2 and 4
+``lax.pmean`` of the per-device gradients. The custom VJP of the forward method returns the
+same per-device quantities: the image cotangent on a device is the derivative through its
+own share of each minibatch, as the sum of the D loss copies sees it (D copies times the
+1/D weight of the share in the averaged student gradient), and the lr cotangent is one
+copy's derivative, which is what the sum sees too since each copy steps with its own lr. ``tests/test_distill.py`` checks that 1, 2 and 4
 devices give the same update.
 """
 
@@ -27,7 +31,7 @@ AXIS = 'devices'
 
 
 def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = True,
-                   remat: bool = False, devices=None):
+                   remat: bool = False, devices=None, loss_grad=None, method: str = 'forward'):
     """Builds ``meta_grad(images, lr, labels, theta_start, theta_target, keys)``.
 
     ``theta_start``, ``theta_target`` and ``keys`` carry a leading axis of S (expert, start)
@@ -39,7 +43,8 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
     defaults to ``jax.devices()``: in a multi-process run every process calls ``meta_grad``
     with the same arguments, its own devices take their shares of each minibatch, and the
     gradients are averaged across all processes. ``batch_size`` must be divisible by the
-    number of devices.
+    number of devices. ``loss_grad`` and ``method`` choose how the meta-gradient is computed
+    (:func:`mct_jax.rollout.meta_loss`); ``remat`` applies to ``method='reverse'``.
     """
     devices = list(devices or jax.devices())
     local = [d for d in devices if d.process_index == jax.process_index()]
@@ -49,7 +54,8 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
                          f'devices ({num}) so each device gets an equal share of the minibatch.')
     loss_fn = functools.partial(rollout.meta_loss, apply_fn=apply_fn, num_steps=num_steps,
                                 batch_size=batch_size, use_dsa=use_dsa, remat=remat,
-                                axis_name=AXIS, num_shards=num)
+                                axis_name=AXIS, num_shards=num, loss_grad=loss_grad,
+                                method=method)
 
     traces = [0]
 

@@ -6,10 +6,10 @@ minibatches, and is compared with the expert's parameters theta_target M epochs 
     loss = ||theta_N - theta_target||^2 / ||theta_start - theta_target||^2      (all leaves)
 
 The N steps are one ``lax.scan``; ``jax.grad`` of the loss with respect to the synthetic
-images and the student learning rate is the exact meta-gradient. ``remat=True`` wraps the
-scan body in ``jax.checkpoint``, so the backward pass recomputes each step's activations
-instead of storing them: the same gradient with memory that does not grow with the
-activations of all N steps.
+images and the student learning rate is the exact meta-gradient, computed by one of two
+methods (:func:`meta_loss`): forward-over-reverse through a custom VJP (the default, the
+fastest) or reverse-over-reverse through the scan, optionally with each step
+rematerialised (``remat=True``).
 
 Several devices: under ``pmap`` with ``axis_name``, each step's minibatch is split across the
 devices and the student gradient is averaged with ``lax.pmean``; see
@@ -53,9 +53,33 @@ def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
     return num / den
 
 
+METHODS = ('forward', 'reverse')
+
+
+def tree_vdot(a: PyTree, b: PyTree):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def autodiff_loss_grad(apply_fn: Callable):
+    """``loss_grad(params, x, labels, input_grad) -> (grads, grad_x or None, logits)`` by
+    ``jax.grad`` of the cross-entropy of ``apply_fn`` (the interface of
+    :func:`mct_jax.models.loss_grad`)."""
+    def loss_grad(params, x, labels, input_grad=False):
+        def ce(p, x):
+            logits = apply_fn(p, x)
+            return train.cross_entropy(logits, labels), logits
+        if input_grad:
+            (grads, grad_x), logits = jax.grad(ce, argnums=(0, 1), has_aux=True)(params, x)
+            return grads, grad_x, logits
+        grads, logits = jax.grad(ce, has_aux=True)(params, x)
+        return grads, None, logits
+    return loss_grad
+
+
 def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, num_steps: int,
             batch_size: int, use_dsa: bool = True, remat: bool = False,
-            axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1):
+            axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
+            loss_grad: Callable | None = None, method: str = 'forward'):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
 
     Args:
@@ -66,45 +90,125 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
       key: PRNG key; step t augments with ``fold_in(key, t)``.
       num_steps: N (static).
       batch_size: images per step (static); divisible by ``num_shards``.
-      remat: rematerialise each step in the backward pass (``jax.checkpoint``).
+      remat: ``method='reverse'`` only: rematerialise each step in the backward pass
+        (``jax.checkpoint``).
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
         takes its 1/num_shards of every minibatch. The augmentation is drawn for the whole
         minibatch and then sliced, so the result does not depend on the device count.
       unroll: ``lax.scan``'s unroll factor (``True``: fully unrolled, e.g. so that XLA's
         cost analysis counts every step).
+      loss_grad: the student gradient ``loss_grad(params, x, labels, input_grad)`` (e.g. the
+        ConvNet's hand-written :func:`mct_jax.models.loss_grad`); default: ``jax.grad`` of
+        the cross-entropy of ``apply_fn``. Used by ``method='forward'``.
+      method: how ``jax.grad`` of a function of the result differentiates the rollout, see
+        :func:`meta_loss`. Both give the same derivative.
     Returns:
       theta_N.
     """
+    if method not in METHODS:
+        raise ValueError(f'Unknown meta-gradient method {method!r}; choose one of {METHODS}.')
     k_idx, k_aug = jax.random.split(key)
     idx = step_indices(k_idx, images.shape[0], batch_size, num_steps)
-    batch = idx.shape[1]
-    local = batch // num_shards
-    shard = lax.axis_index(axis_name) if axis_name is not None else 0
+    local = idx.shape[1] // num_shards
+    steps = jnp.arange(num_steps)
 
-    def step(theta, inputs):
-        t, step_idx = inputs
+    def minibatch(images, labels, k_aug, t, step_idx):
+        """This device's share of step t's (augmented) minibatch."""
         xb, yb = images[step_idx], labels[step_idx]
         if use_dsa:
             xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
         if num_shards > 1:
+            shard = lax.axis_index(axis_name)
             xb = lax.dynamic_slice_in_dim(xb, shard * local, local)
             yb = lax.dynamic_slice_in_dim(yb, shard * local, local)
-        grads = jax.grad(lambda p: train.cross_entropy(apply_fn(p, xb), yb))(theta)
+        return xb, yb
+
+    def sgd(theta, grads, lr):
+        return jax.tree.map(lambda p, g: p - lr * g, theta, grads)
+
+    if method == 'reverse':
+        def step(theta, inputs):
+            xb, yb = minibatch(images, labels, k_aug, *inputs)
+            grads = jax.grad(lambda p: train.cross_entropy(apply_fn(p, xb), yb))(theta)
+            if axis_name is not None:
+                grads = lax.pmean(grads, axis_name)
+            return sgd(theta, grads, lr), None
+
+        if remat:
+            step = jax.checkpoint(step)
+        theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
+        return theta
+
+    loss_grad = loss_grad or autodiff_loss_grad(apply_fn)
+
+    def student_grad(theta, xb, yb, input_grad):
+        grads, grad_x, _ = loss_grad(theta, xb, yb, input_grad)
         if axis_name is not None:
             grads = lax.pmean(grads, axis_name)
-        theta = jax.tree.map(lambda p, g: p - lr * g, theta, grads)
-        return theta, None
+        return grads, grad_x
 
-    if remat:
-        step = jax.checkpoint(step)
-    theta, _ = lax.scan(step, theta_start, (jnp.arange(num_steps), idx), unroll=unroll)
-    return theta
+    # Everything the rollout depends on is an argument (nothing traced is closed over), so
+    # that it composes with vmap and pmap.
+    def run_steps(theta, images, lr, labels, k_aug, idx):
+        def step(theta, inputs):
+            xb, yb = minibatch(images, labels, k_aug, *inputs)
+            return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), theta
+        return lax.scan(step, theta, (steps, idx), unroll=unroll)
+
+    @jax.custom_vjp
+    def run(theta, images, lr, labels, k_aug, idx):
+        return run_steps(theta, images, lr, labels, k_aug, idx)[0]
+
+    def run_fwd(theta, images, lr, labels, k_aug, idx):
+        theta_n, thetas = run_steps(theta, images, lr, labels, k_aug, idx)
+        return theta_n, (thetas, images, lr, labels, k_aug, idx)
+
+    def run_bwd(residuals, ct):
+        # Step t maps theta_t to theta_t - lr g_t(theta_t, x_t) with x_t the augmented batch
+        # drawn from the images. Its transpose, for the cotangent v of theta_{t+1}:
+        #   theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>,
+        # where H_tt v and H_xt v (the Hessian of the student loss applied to v, in its
+        # theta and x rows) are the forward-mode derivative of (g_t, grad_x) along v, and
+        # A_t^T pulls a batch gradient back through the augmentation and the indexing.
+        thetas, images, lr, labels, k_aug, idx = residuals
+
+        def step(carry, inputs):
+            v, ct_images, ct_lr = carry
+            theta, t, step_idx = inputs
+            xb, pull_back, yb = jax.vjp(lambda im: minibatch(im, labels, k_aug, t, step_idx),
+                                        images, has_aux=True)
+            (g, _), (hv, hv_x) = jax.jvp(lambda p: student_grad(p, xb, yb, True),
+                                        (theta,), (v,))
+            ct_images = ct_images + pull_back(-lr * hv_x)[0]
+            ct_lr = ct_lr - tree_vdot(g, v).astype(ct_lr.dtype)
+            return (sgd(v, hv, lr), ct_images, ct_lr), None
+
+        init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr))
+        (v, ct_images, ct_lr), _ = lax.scan(step, init, (thetas, steps, idx), reverse=True,
+                                            unroll=unroll)
+        return v, ct_images, ct_lr, None, None, None
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(theta_start, images, jnp.asarray(lr, images.dtype), labels, k_aug, idx)
 
 
 def meta_loss(images, lr, apply_fn, labels, theta_start, theta_target, key, num_steps: int,
               batch_size: int, use_dsa: bool = True, remat: bool = False,
-              axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1):
-    """Matching loss of a rollout, as a function of (images, lr) for ``jax.grad``."""
+              axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
+              loss_grad: Callable | None = None, method: str = 'forward'):
+    """Matching loss of a rollout, as a function of (images, lr) for ``jax.grad``.
+
+    ``method`` chooses how the meta-gradient is computed (the same derivative either way):
+
+    - ``'forward'`` (default): the rollout has a custom VJP. Its forward pass keeps only
+      each step's parameters; its backward pass walks the steps in reverse and gets each
+      step's Hessian-vector products in forward mode (``jax.jvp`` of the student gradient
+      ``loss_grad``). Memory does not grow with the activations of the N steps, and with
+      the ConvNet's hand-written gradient every derivative is a fast forward-form kernel.
+    - ``'reverse'``: ``jax.grad`` straight through the ``lax.scan`` (reverse over reverse,
+      as the reference PyTorch code does with ``create_graph=True``), with ``remat``
+      optionally rematerialising each step. Uses ``apply_fn``'s im2col convolution.
+    """
     theta_n = rollout(apply_fn, theta_start, images, labels, lr, key, num_steps, batch_size,
-                      use_dsa, remat, axis_name, num_shards, unroll)
+                      use_dsa, remat, axis_name, num_shards, unroll, loss_grad, method)
     return matching_loss(theta_n, theta_start, theta_target)

@@ -35,11 +35,13 @@ def batch_indices(key, n: int, batch_size: int):
 
 
 def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransformation,
-              x, y, key, batch_size: int, use_dsa: bool = True):
+              x, y, key, batch_size: int, use_dsa: bool = True, loss_grad=None):
     """One epoch of minibatch SGD over (x, y), DSA on every batch.
 
     Traceable (call it inside ``jit``/``vmap``); the full batches run as one ``lax.scan``
     and a last smaller batch, if any, as one more step, so every image is seen once.
+    ``loss_grad`` (e.g. ``Model.loss_grad``, the ConvNet's hand-written gradient) replaces
+    ``jax.grad`` of the cross-entropy of ``apply_fn``: the same gradient, faster kernels.
 
     Returns:
       (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
@@ -56,10 +58,13 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
         if use_dsa:
             xb = augment.dsa(k, xb)
 
-        def loss_fn(p):
-            logits = apply_fn(p, xb)
-            return cross_entropy(logits, yb), logits
-        (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if loss_grad is not None:
+            grads, _, logits = loss_grad(params, xb, yb)
+        else:
+            def loss_fn(p):
+                logits = apply_fn(p, xb)
+                return cross_entropy(logits, yb), logits
+            grads, logits = jax.grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         correct = correct + jnp.sum(jnp.argmax(logits, -1) == yb)

@@ -44,13 +44,15 @@ def test_step_indices_cover_every_image_per_permutation():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
 
 
-def test_meta_gradient_matches_finite_differences_float64():
+@pytest.mark.parametrize('method,hand', [('forward', True), ('reverse', False)])
+def test_meta_gradient_matches_finite_differences_float64(method, hand):
     with jax.enable_x64(True):
         m, start, target, images, labels = _setup(jnp.float64)
         key = jax.random.key(3)
 
         def loss(im, lr):
-            return rollout.meta_loss(im, lr, m.apply, labels, start, target, key, 3, 8, True)
+            return rollout.meta_loss(im, lr, m.apply, labels, start, target, key, 3, 8, True,
+                                     method=method, loss_grad=m.loss_grad if hand else None)
 
         lr = jnp.float64(0.05)
         g_img, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
@@ -68,20 +70,47 @@ def test_remat_gives_the_same_gradient():
     m, start, target, images, labels = _setup()
     key = jax.random.key(4)
     grads = [jax.grad(rollout.meta_loss, argnums=(0, 1))(
-        images, 0.05, m.apply, labels, start, target, key, 4, 8, True, remat)
+        images, 0.05, m.apply, labels, start, target, key, 4, 8, True, remat, method='reverse')
         for remat in (False, True)]
     for a, b in zip(grads[0], grads[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_devices_give_the_same_update():
+@pytest.mark.parametrize('use_dsa,batch', [(False, 8), (True, 4)])
+def test_forward_and_reverse_meta_gradients_agree_float64(use_dsa, batch):
+    """The custom-VJP forward method (with autodiff's and with the hand-written student
+    gradient) against jax.grad through the scan: same loss and gradients to 1e-12."""
+    with jax.enable_x64(True):
+        m, start, target, images, labels = _setup(jnp.float64, shape=(8, 8, 3), width=6)
+        outs = [jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
+            images, jnp.float64(0.05), m.apply, labels, start, target, jax.random.key(6), 3,
+            batch, use_dsa, **kw)
+            for kw in (dict(method='reverse'), dict(method='forward'),
+                       dict(method='forward', loss_grad=m.loss_grad))]
+        for loss, (g_img, g_lr) in outs[1:]:
+            np.testing.assert_allclose(loss, outs[0][0], rtol=1e-13)
+            np.testing.assert_allclose(g_img, outs[0][1][0], rtol=1e-10,
+                                       atol=1e-12 * float(jnp.max(jnp.abs(g_img))))
+            np.testing.assert_allclose(g_lr, outs[0][1][1], rtol=1e-10)
+
+
+def test_unknown_meta_gradient_method():
+    m, start, target, images, labels = _setup()
+    with pytest.raises(ValueError, match='forward'):
+        rollout.rollout(m.apply, start, images, labels, 0.1, jax.random.key(0), 2, 8,
+                        method='backward')
+
+
+@pytest.mark.parametrize('method,hand', [('forward', True), ('reverse', False)])
+def test_devices_give_the_same_update(method, hand):
     assert jax.local_device_count() >= 4, 'conftest asks for 4 fake CPU devices'
     m, start, target, images, labels = _setup()
     tx = distill.make_optimizer(100.0, 1e-3)
     outs = []
     for nd in (1, 2, 4):
         devices = jax.local_devices()[:nd]
-        f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices)
+        f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices,
+                                    m.loss_grad if hand else None, method)
         batch = lambda t: jax.tree.map(lambda a: a[None], t)
         loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, batch(start), batch(target),
                               jax.random.key(9)[None])

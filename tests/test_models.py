@@ -150,3 +150,49 @@ def test_bad_settings_raise(key):
         models.init(key, (4, 4, 3), 10, depth=3)
     with pytest.raises(ValueError, match='activation'):
         models.convnet((32, 32, 3), 10, act='gelu')
+
+
+@pytest.mark.parametrize('norm', models.NORMS)
+@pytest.mark.parametrize('act', tuple(models.ACTIVATIONS))
+@pytest.mark.parametrize('pool', models.POOLS)
+def test_hand_written_gradient_matches_autodiff_float64(norm, act, pool):
+    """models.loss_grad against jax.grad of the cross-entropy of models.apply, float64,
+    for every norm/activation/pooling, an odd image size (pooling drops a row and a column),
+    a few-channel first layer (im2col) and a many-channel second one (native convolution)."""
+    from mct_jax import train
+    with jax.enable_x64(True):
+        shape = (9, 7, 2)
+        params = models.init(jax.random.key(0), shape, 5, 6, 2, norm, pool, jnp.float64)
+        if norm == 'instancenorm':
+            params['norm0']['scale'] = 1 + 0.3 * jax.random.normal(jax.random.key(3), (6,))
+            params['norm1']['bias'] = 0.2 * jax.random.normal(jax.random.key(4), (6,))
+        x = jax.random.normal(jax.random.key(1), (6,) + shape, jnp.float64)
+        y = jnp.array([0, 1, 2, 3, 4, 1])
+        want, want_x = jax.grad(
+            lambda p, x: train.cross_entropy(models.apply(p, x, act, pool), y),
+            argnums=(0, 1))(params, x)
+        got, got_x, logits = models.loss_grad(params, x, y, act, pool, input_grad=True)
+        assert models.loss_grad(params, x, y, act, pool)[1] is None
+        np.testing.assert_allclose(logits, models.apply(params, x, act, pool), rtol=1e-12)
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
+        for path, a in jax.tree_util.tree_leaves_with_path(want):
+            b = got
+            for k in path:
+                b = b[k.key]
+            # conv biases before an instance norm have zero gradient: compare to the scale
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12 * scale, err_msg=str(path))
+        np.testing.assert_allclose(got_x, want_x, rtol=1e-9, atol=1e-14)
+
+
+def test_native_convolution_matches_numpy_loop():
+    """conv3x3_native (lax for many channels, im2col for few) against explicit loops."""
+    rng = np.random.default_rng(0)
+    for c in (2, models.IM2COL_MAX_CHANNELS + 3):
+        x = rng.normal(size=(2, 5, 6, c))
+        w = rng.normal(size=(3, 3, c, 4))
+        xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        ref = sum(np.einsum('nhwc,co->nhwo', xp[:, dy:dy + 5, dx:dx + 6], w[dy, dx])
+                  for dy in range(3) for dx in range(3))
+        with jax.enable_x64(True):
+            np.testing.assert_allclose(models.conv3x3_native(jnp.asarray(x), jnp.asarray(w)),
+                                       ref, rtol=1e-12, atol=1e-12)
