@@ -108,8 +108,20 @@ def _conv3x3_input_grad(dy, w, input_channels):
 
 
 def _conv3x3_weight_grad(x, dy):
-    """Gradient of the convolution with respect to its [3, 3, C_in, C_out] kernel: im2col."""
-    return jnp.einsum('bhwk,bhwo->ko', _patches(x), dy).reshape(3, 3, x.shape[-1], dy.shape[-1])
+    """Gradient of the convolution with respect to its [3, 3, C_in, C_out] kernel.
+
+    One matrix product per window offset, each between a shifted view of the padded input
+    and dy (contracting over batch and space); for few input channels one im2col product.
+    (XLA:CPU's own weight-gradient convolution runs on a slow path inside these programs;
+    the nine products measured 10 % faster than im2col for the meta-gradient at width 32.)
+    """
+    b, h, w, c = x.shape
+    if c <= IM2COL_MAX_CHANNELS:
+        return jnp.einsum('bhwk,bhwo->ko', _patches(x), dy).reshape(3, 3, c, dy.shape[-1])
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = [jnp.einsum('bhwc,bhwo->co', xp[:, i:i + h, j:j + w], dy)
+            for i in range(3) for j in range(3)]
+    return jnp.stack(taps).reshape(3, 3, c, dy.shape[-1])
 
 
 # ----------------------------------------------------------------------------- layers
@@ -232,7 +244,7 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
     The same value as ``jax.grad(lambda p, x: cross_entropy(apply(p, x), labels))`` (checked
     in float64 in ``tests/test_models.py``), but written only with forward-form operations:
     native convolutions for the forward pass and the input gradients (the latter with the
-    flipped kernel), im2col matrix products for the weight gradients, broadcasts and
+    flipped kernel), matrix products for the weight gradients, broadcasts and
     reductions for the norm and pooling. Trajectory matching takes a derivative of this
     gradient; taken in forward mode (``jax.jvp``, see :mod:`mct_jax.rollout`) it stays
     within the same fast operations, whereas reverse-mode derivatives of autodiff's own
