@@ -69,7 +69,7 @@ def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
             p, s = carry
             p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
                                       jax.random.fold_in(k, e + 1), batch_size, use_dsa,
-                                      getattr(model, 'loss_grad', None))
+                                      model.loss_grad)
             return (p, s), None
         (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
         return train.predict_correct(model.apply, params, x_test, y_test) / x_test.shape[0]

@@ -149,8 +149,7 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
       on_epoch: called as ``on_epoch(t, train_acc, test_acc)`` after each epoch.
     """
     anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
-    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size,
-                                         getattr(model, 'loss_grad', None))
+    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size, model.loss_grad)
     params = model.init(jax.random.fold_in(key, 0))
     anchors: dict[int, Any] = {0: _to_numpy(params)}
     before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it

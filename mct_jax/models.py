@@ -46,7 +46,8 @@ from jax import lax
 Params = dict[str, Any]
 
 NORMS = ('instancenorm', 'none')
-ACTIVATIONS = {'relu': jax.nn.relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, 0.01),
+LEAKY_SLOPE = 0.01
+ACTIVATIONS = {'relu': jax.nn.relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
                'sigmoid': jax.nn.sigmoid}
 POOLS = ('avgpool', 'maxpool', 'none')
 INSTANCE_NORM_EPS = 1e-5
@@ -241,7 +242,7 @@ def apply(params: Params, x, act='relu', pool='avgpool'):
 
 _ACT_GRADS = {  # derivative of each activation given its input z and output a
     'relu': lambda z, a: (z > 0).astype(z.dtype),              # as jax.nn.relu (0 at 0)
-    'leakyrelu': lambda z, a: jnp.where(z >= 0, 1.0, 0.01).astype(z.dtype),
+    'leakyrelu': lambda z, a: jnp.where(z >= 0, 1.0, LEAKY_SLOPE).astype(z.dtype),
     'sigmoid': lambda z, a: a * (1 - a),
 }
 

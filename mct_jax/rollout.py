@@ -60,22 +60,6 @@ def tree_vdot(a: PyTree, b: PyTree):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def autodiff_loss_grad(apply_fn: Callable):
-    """``loss_grad(params, x, labels, input_grad) -> (grads, grad_x or None, logits)`` by
-    ``jax.grad`` of the cross-entropy of ``apply_fn`` (the interface of
-    :func:`mct_jax.models.loss_grad`)."""
-    def loss_grad(params, x, labels, input_grad=False):
-        def ce(p, x):
-            logits = apply_fn(p, x)
-            return train.cross_entropy(logits, labels), logits
-        if input_grad:
-            (grads, grad_x), logits = jax.grad(ce, argnums=(0, 1), has_aux=True)(params, x)
-            return grads, grad_x, logits
-        grads, logits = jax.grad(ce, has_aux=True)(params, x)
-        return grads, None, logits
-    return loss_grad
-
-
 def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, num_steps: int,
             batch_size: int, use_dsa: bool = True, remat: bool = False,
             axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
@@ -126,26 +110,26 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
     def sgd(theta, grads, lr):
         return jax.tree.map(lambda p, g: p - lr * g, theta, grads)
 
-    if method == 'reverse':
-        def step(theta, inputs):
-            xb, yb = minibatch(images, labels, k_aug, *inputs)
-            grads = jax.grad(lambda p: train.cross_entropy(apply_fn(p, xb), yb))(theta)
-            if axis_name is not None:
-                grads = lax.pmean(grads, axis_name)
-            return sgd(theta, grads, lr), None
-
-        if remat:
-            step = jax.checkpoint(step)
-        theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
-        return theta
-
-    loss_grad = loss_grad or autodiff_loss_grad(apply_fn)
+    # Reverse differentiates through the student gradient itself, so it must be autodiff's
+    # (of apply_fn's im2col convolution); forward only ever takes its forward-mode derivative.
+    if method == 'reverse' or loss_grad is None:
+        loss_grad = train.autodiff_loss_grad(apply_fn)
 
     def student_grad(theta, xb, yb, input_grad):
         grads, grad_x, _ = loss_grad(theta, xb, yb, input_grad)
         if axis_name is not None:
             grads = lax.pmean(grads, axis_name)
         return grads, grad_x
+
+    if method == 'reverse':
+        def step(theta, inputs):
+            xb, yb = minibatch(images, labels, k_aug, *inputs)
+            return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), None
+
+        if remat:
+            step = jax.checkpoint(step)
+        theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
+        return theta
 
     # Everything the rollout depends on is an argument (nothing traced is closed over), so
     # that it composes with vmap and pmap.

@@ -23,6 +23,22 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def autodiff_loss_grad(apply_fn: ApplyFn):
+    """``loss_grad(params, x, labels, input_grad) -> (grads, grad_x or None, logits)`` by
+    ``jax.grad`` of the cross-entropy of ``apply_fn``: the interface of
+    :func:`mct_jax.models.loss_grad`, for models without a hand-written gradient."""
+    def loss_grad(params, x, labels, input_grad=False):
+        def ce(p, x):
+            logits = apply_fn(p, x)
+            return cross_entropy(logits, labels), logits
+        if input_grad:
+            (grads, grad_x), logits = jax.grad(ce, argnums=(0, 1), has_aux=True)(params, x)
+            return grads, grad_x, logits
+        grads, logits = jax.grad(ce, has_aux=True)(params, x)
+        return grads, None, logits
+    return loss_grad
+
+
 def batch_indices(key, n: int, batch_size: int):
     """One epoch's shuffled minibatches, as PyTorch's shuffling DataLoader makes them.
 
@@ -50,6 +66,7 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
     n = x.shape[0]
     k_perm, k_aug = jax.random.split(key)
     full, rest = batch_indices(k_perm, n, min(batch_size, n))
+    grad_fn = loss_grad or autodiff_loss_grad(apply_fn)
 
     def step(carry, inputs):
         params, opt_state, correct = carry
@@ -57,14 +74,7 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
         xb, yb = x[idx], y[idx]
         if use_dsa:
             xb = augment.dsa(k, xb)
-
-        if loss_grad is not None:
-            grads, _, logits = loss_grad(params, xb, yb)
-        else:
-            def loss_fn(p):
-                logits = apply_fn(p, xb)
-                return cross_entropy(logits, yb), logits
-            grads, logits = jax.grad(loss_fn, has_aux=True)(params)
+        grads, _, logits = grad_fn(params, xb, yb)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         correct = correct + jnp.sum(jnp.argmax(logits, -1) == yb)
