@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 from typing import NamedTuple
 
@@ -217,8 +218,8 @@ class Distiller:
         """Commits arrays to the first device with the layout the jitted update returns."""
         return jax.device_put(tree, jax.sharding.SingleDeviceSharding(self.devices[0]))
 
-    def step(self, syn, opt_state, labels, iteration: int):
-        """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
+    def _meta_grad_args(self, syn, labels, iteration: int):
+        """The meta-gradient's arguments at ``iteration`` and the (expert, start) samples."""
         s = self.s
         starts, targets, keys, samples = [], [], [], []
         key = jax.random.fold_in(self.key, iteration)
@@ -231,8 +232,26 @@ class Distiller:
             keys.append(key if j == 0 else jax.random.fold_in(key, j))
             samples.append((e, c))
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-        loss, g_img, g_lr = self.meta_grad(syn['images'], syn['lr'], labels, stack(starts),
-                                           stack(targets), jnp.stack(keys))
+        return ((syn['images'], syn['lr'], labels, stack(starts), stack(targets),
+                 jnp.stack(keys)), samples)
+
+    def compile_ahead(self, syn, labels, iteration: int):
+        """Starts compiling the meta-gradient for ``iteration`` on a background thread (the
+        first iteration's tracing and compilation then overlap the evaluation before it);
+        returns the thread. Errors are left to the real call, which raises them again."""
+        def work():
+            try:
+                self.meta_grad.compile_ahead(*self._meta_grad_args(syn, labels, iteration)[0])
+            except Exception as e:   # noqa: BLE001 -- the real call reports it
+                logging.debug('compiling ahead failed: %r', e)
+        thread = threading.Thread(target=work, name='compile-ahead', daemon=True)
+        thread.start()
+        return thread
+
+    def step(self, syn, opt_state, labels, iteration: int):
+        """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
+        args, samples = self._meta_grad_args(syn, labels, iteration)
+        loss, g_img, g_lr = self.meta_grad(*args)
         syn, opt_state, fault = self.update(syn, opt_state, {'images': g_img, 'lr': g_lr}, loss)
         return syn, opt_state, float(loss), int(fault), samples
 
@@ -361,6 +380,8 @@ class Distiller:
             lines.append(None)
 
         result, last_acc = {}, None
+        ahead = (self.compile_ahead(syn, labels, first)
+                 if first < s.iterations and not restored else None)
         try:
             for it in range(first, s.iterations + 1):
                 if (it % s.eval_every == 0 or it == s.iterations) and not (restored and it == first):
@@ -388,6 +409,9 @@ class Distiller:
                               'lr': float(syn['lr'])}
                 if it == s.iterations:
                     break
+                if ahead is not None:
+                    ahead.join()
+                    ahead = None
                 t0 = time.time()
                 syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
                 seconds = time.time() - t0
@@ -411,6 +435,8 @@ class Distiller:
                     stats['acc'] = round(last_acc, 2)
                 bar.update(**stats)
         finally:
+            if ahead is not None:   # the run stopped before its first iteration
+                ahead.join()
             bar.close()
             metrics.flush()
             background.close()   # the pictures read metrics.jsonl

@@ -82,4 +82,11 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
         # pmap-sharded input would make them recompile).
         return tuple(jax.device_put(a[0], local[0]) for a in out)
     meta_grad.trace_count = lambda: traces[0]  # tests check that nothing recompiles
+
+    def compile_ahead(images, lr, labels, theta_start, theta_target, keys):
+        """Traces and compiles for these arguments without running; a later call with
+        arguments of the same shapes and placement then starts at once. Safe to run on a
+        thread while other work executes."""
+        mapped.lower(images, lr, labels, theta_start, theta_target, keys, device_ids).compile()
+    meta_grad.compile_ahead = compile_ahead
     return meta_grad

@@ -123,6 +123,19 @@ def test_digits_split_is_last_30_of_each_class_in_order():
     assert 0.0 <= x_train.min() and x_train.max() <= 1.0
 
 
+def test_digits_read_without_importing_sklearn_matches_its_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    images, target = data._read_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(target, bunch.target)
+    # If scikit-learn moves its file, the loader falls back to load_digits.
+    monkeypatch.setattr(data.os.path, 'exists', lambda path: False)
+    images, target = data._read_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(target, bunch.target)
+
+
 def test_to_display_undoes_standardisation():
     raw = data.load_raw('digits')
     ds = data.load_dataset('digits')

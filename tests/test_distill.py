@@ -125,6 +125,26 @@ def test_devices_give_the_same_update(method, hand):
     assert not np.allclose(outs[0][1], images)  # the update did something
 
 
+def test_compile_ahead_is_reused_by_the_call():
+    """Compiling ahead (what the first iteration does on a thread during the evaluation
+    before it) traces once, and the later call reuses it and gives the same result as a
+    meta-gradient that was not compiled ahead."""
+    m, start, target, images, labels = _setup()
+    batch = lambda t: jax.tree.map(lambda a: a[None], t)
+    args = (images, jnp.float32(0.05), labels, batch(start), batch(target),
+            jax.random.key(3)[None])
+    ahead = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2],
+                                    m.loss_grad)
+    plain = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2],
+                                    m.loss_grad)
+    ahead.compile_ahead(*args)
+    assert ahead.trace_count() == 1
+    got, want = ahead(*args), plain(*args)
+    assert ahead.trace_count() == 1
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_batch_must_divide_among_devices():
     m = models.convnet((8, 8, 1), 4, 4, 2)
     with pytest.raises(ValueError, match='divisible'):
