@@ -119,21 +119,23 @@ def _conv3x3_input_grad(dy, w, input_channels):
 def _conv3x3_weight_grad(x, dy):
     """Gradient of the convolution with respect to its [3, 3, C_in, C_out] kernel.
 
-    One matrix product per window offset, each between a shifted view of the padded input
-    and dy (contracting over batch and space); for few input channels one im2col product.
-    (XLA:CPU's own weight-gradient convolution runs on a slow path inside these programs;
-    the nine products measured 10 % faster than im2col for the meta-gradient at width 32.)
+    One matrix product per window offset (i, j), contracting over batch and space:
+    ``dW[i, j] = x^T @ shift(dy)``, where ``shift`` takes the window of the zero-padded dy at
+    offset (2 - i, 2 - j) (the same sums as ``shift(x)^T @ dy`` with x's window at (i, j)).
+    Shifting dy rather than x lets the product read x in one transposed layout for all nine
+    offsets and the windows as plain row copies; on the 2-core CPU the meta-gradient ran
+    5-10 % faster that way (widths 32-128) than with x shifted, which in turn beat im2col by
+    10 %. (XLA:CPU's own weight-gradient convolution runs on a slow path inside these
+    programs.) For few input channels: one im2col product.
     """
     b, h, w, c = x.shape
     if c <= IM2COL_MAX_CHANNELS:
         return jnp.einsum('bhwk,bhwo->ko', _patches(x), dy).reshape(3, 3, c, dy.shape[-1])
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    taps = [jnp.einsum('bhwc,bhwo->co', xp[:, i:i + h, j:j + w], dy)
+    dp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = [jnp.einsum('bhwc,bhwo->co', x, dp[:, 2 - i:2 - i + h, 2 - j:2 - j + w])
             for i in range(3) for j in range(3)]
     return jnp.stack(taps).reshape(3, 3, c, dy.shape[-1])
 
-
-# ----------------------------------------------------------------------------- layers
 
 def instance_norm(x, scale, bias, eps=INSTANCE_NORM_EPS):
     """Per-sample, per-channel normalisation over H and W (biased variance), then affine.
