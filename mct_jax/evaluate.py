@@ -44,10 +44,11 @@ def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
       shown between networks: ``evaluate(..., on_network=f)`` calls ``f(i, accuracy)``.
 
     Every mode computes the same networks. Measured on the 2-core CPU
-    (``benchmarks/bench_eval.py``, width 32) the vmapped form was 0.30-0.38x the speed of
+    (``benchmarks/bench_eval.py``, width 32) the vmapped form was 0.29-0.62x the speed of
     separate runs (under ``vmap`` each network's own DSA family choice turns ``lax.switch``
     into computing all six families, and the per-network kernels of the hand-written
-    gradient's native convolutions become slow grouped convolutions) and ``'map'``
+    gradient's native convolutions become slow grouped convolutions; removing both, in
+    ``benchmarks/bench_vmap_forms.py``, still left every vmapped form slower) and ``'map'``
     1.01-1.37x, so ``'map'`` is the default and ``'loop'`` costs little.
     """
     if together not in ('map', 'vmap', 'loop'):
