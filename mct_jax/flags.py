@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from mct_jax import data, models
+from mct_jax import data, models, rollout
 
 FLAGS = flags.FLAGS
 
@@ -85,7 +85,7 @@ flags.DEFINE_integer('eval_every', 50, 'Evaluate, save and checkpoint every this
 flags.DEFINE_integer('num_eval', 5, 'Networks trained per evaluation.')
 flags.DEFINE_integer('eval_epochs', 300, 'Epochs per evaluation network (the reference uses 1000).')
 flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
-flags.DEFINE_enum('meta_grad', 'forward', ['forward', 'reverse'],
+flags.DEFINE_enum('meta_grad', 'forward', rollout.METHODS,
                   'How the meta-gradient is computed (the same derivative): forward = each '
                   "step's Hessian-vector products in forward mode through a custom VJP, memory "
                   'flat in N (fastest); reverse = jax.grad through the scan, as the reference.')

@@ -143,9 +143,16 @@ def instance_norm(x, scale, bias, eps=INSTANCE_NORM_EPS):
     x: [B, H, W, C]; scale, bias: [C]. Equals PyTorch's ``GroupNorm(C, C)`` used by the
     reference ConvNet for ``instancenorm``.
     """
+    xhat, _ = _normalize(x, eps)
+    return xhat * scale + bias
+
+
+def _normalize(x, eps=INSTANCE_NORM_EPS):
+    """(x - mean) / sqrt(var + eps) over H and W, and the 1 / sqrt(var + eps) it used."""
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    return (x - mean) * lax.rsqrt(var + eps) * scale + bias
+    r = lax.rsqrt(var + eps)
+    return (x - mean) * r, r
 
 
 def pool2x2(x, kind='avgpool'):
@@ -278,11 +285,7 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
         z = conv3x3_native(h, params[f'conv{i}']['w']) + params[f'conv{i}']['b']
         norm = None
         if f'norm{i}' in params:
-            mean = jnp.mean(z, axis=(1, 2), keepdims=True)
-            var = jnp.mean(jnp.square(z - mean), axis=(1, 2), keepdims=True)
-            r = lax.rsqrt(var + INSTANCE_NORM_EPS)
-            xhat = (z - mean) * r
-            norm = (xhat, r)
+            norm = xhat, r = _normalize(z)
             z = xhat * params[f'norm{i}']['scale'] + params[f'norm{i}']['bias']
         a = f(z)
         saved.append((h, z, a, norm))
