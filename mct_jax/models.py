@@ -282,11 +282,15 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
     saved = []
     h = x
     for i in range(depth):
-        z = conv3x3_native(h, params[f'conv{i}']['w']) + params[f'conv{i}']['b']
+        z = conv3x3_native(h, params[f'conv{i}']['w'])
         norm = None
         if f'norm{i}' in params:
+            # The conv bias is a per-channel constant, which the norm's mean removes: it has
+            # no effect on the output and its gradient is exactly zero (see below).
             norm = xhat, r = _normalize(z)
             z = xhat * params[f'norm{i}']['scale'] + params[f'norm{i}']['bias']
+        else:
+            z = z + params[f'conv{i}']['b']
         a = f(z)
         saved.append((h, z, a, norm))
         h = pool2x2(a, pool)
@@ -300,14 +304,21 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
         h_in, z, a, norm = saved[i]
         dz = _pool2x2_grad(dh, a, pool) * df(z, a)
         if norm is not None:
+            # Per-sample, per-channel sums over H and W, shared by the norm's parameter
+            # gradients and the input gradient r * scale * (dz - mean(dz) - xhat mean(dz xhat)).
             xhat, r = norm
-            grads[f'norm{i}'] = {'scale': jnp.sum(dz * xhat, axis=(0, 1, 2)),
-                                 'bias': jnp.sum(dz, axis=(0, 1, 2))}
-            dxhat = dz * params[f'norm{i}']['scale']
-            dz = r * (dxhat - jnp.mean(dxhat, axis=(1, 2), keepdims=True)
-                      - xhat * jnp.mean(dxhat * xhat, axis=(1, 2), keepdims=True))
-        grads[f'conv{i}'] = {'w': _conv3x3_weight_grad(h_in, dz),
-                             'b': jnp.sum(dz, axis=(0, 1, 2))}
+            s1 = jnp.sum(dz, axis=(1, 2), keepdims=True)
+            s2 = jnp.sum(dz * xhat, axis=(1, 2), keepdims=True)
+            grads[f'norm{i}'] = {'scale': jnp.sum(s2, axis=(0, 1, 2)),
+                                 'bias': jnp.sum(s1, axis=(0, 1, 2))}
+            hw = dz.shape[1] * dz.shape[2]
+            dz = (r * params[f'norm{i}']['scale']) * (dz - s1 / hw - xhat * (s2 / hw))
+            # The sum of that over H and W vanishes (xhat has mean 0): the conv bias's
+            # gradient is exactly zero; autodiff would return rounding noise.
+            d_bias = jnp.zeros_like(params[f'conv{i}']['b'])
+        else:
+            d_bias = jnp.sum(dz, axis=(0, 1, 2))
+        grads[f'conv{i}'] = {'w': _conv3x3_weight_grad(h_in, dz), 'b': d_bias}
         if i > 0 or input_grad:
             dh = _conv3x3_input_grad(dz, params[f'conv{i}']['w'], h_in.shape[-1])
     return grads, (dh if input_grad else None), logits

@@ -196,3 +196,26 @@ def test_native_convolution_matches_numpy_loop():
         with jax.enable_x64(True):
             np.testing.assert_allclose(models.conv3x3_native(jnp.asarray(x), jnp.asarray(w)),
                                        ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_bias_before_instance_norm_has_no_effect_and_zero_gradient():
+    """A conv bias is a per-channel constant, which the instance norm's mean removes: shifting
+    it leaves the logits unchanged (float64), and the hand-written gradient gives it exactly 0
+    (without a norm the bias matters and has a gradient)."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3), jnp.float64)
+        y = jnp.array([0, 1, 2, 3])
+        for norm in models.NORMS:
+            params = models.init(jax.random.key(0), (8, 8, 3), 4, 6, 2, norm, dtype=jnp.float64)
+            shifted = jax.tree.map(lambda a: a, params)
+            shifted['conv1'] = dict(params['conv1'], b=params['conv1']['b'] + 3.0)
+            same = np.allclose(models.apply(shifted, x), models.apply(params, x),
+                               rtol=1e-12, atol=1e-12)
+            grads = models.loss_grad(params, x, y)[0]
+            if norm == 'instancenorm':
+                assert same
+                for i in range(2):
+                    np.testing.assert_array_equal(grads[f'conv{i}']['b'], 0)
+            else:
+                assert not same
+                assert float(jnp.min(jnp.abs(grads['conv1']['b']))) > 0
