@@ -5,8 +5,9 @@
 
 For each (width, N, ipc) of the grid it times, side by side in one run and close together
 in time, one outer iteration (N student steps, the exact meta-gradient, the update) of:
-ours with the default ``--meta_grad=forward``, with ``--meta_grad=reverse`` without and
-with ``--remat``, and the PyTorch version of ``torch_reference.py`` (flat
+ours with the default ``--meta_grad=forward`` (storing each step's residuals within the
+default ``--residual_budget_gb``) and with ``--remat`` (recomputing them), with
+``--meta_grad=reverse`` without and with ``--remat``, and the PyTorch version of ``torch_reference.py`` (flat
 parameters, ``create_graph=True``, as the reference MTT code). Every measurement runs in
 its own child process (so peak memory is that configuration's own) on the same inputs:
 CIFAR-shaped 32x32x3 images, 10 classes, all ``10 * ipc`` synthetic images in every step,
@@ -75,9 +76,11 @@ def iteration_flops(m, start, target, images, labels, steps):
 
 VARIANTS = {  # name: (rollout.meta_loss method, remat, hand-written student gradient)
     'forward': ('forward', False, True),        # the default (--meta_grad=forward)
+    'forward_remat': ('forward', True, True),   # --meta_grad=forward --remat
     'reverse': ('reverse', False, False),       # --meta_grad=reverse
     'reverse_remat': ('reverse', True, False),  # --meta_grad=reverse --remat
 }
+RESIDUAL_BUDGET = 4e9   # the default --residual_budget_gb
 
 
 def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
@@ -90,7 +93,8 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
     method, remat, hand = VARIANTS[variant]
     grad_fn = jax.jit(lambda im, r, k: jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
         im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat,
-        method=method, loss_grad=m.loss_grad if hand else None))
+        method=method, loss_grad=m.loss_grad if hand else None,
+        stored_hvp=m.stored_hvp if hand else None, residual_budget=RESIDUAL_BUDGET))
     t0 = time.perf_counter()
     compiled = grad_fn.lower(images, lr, key).compile()
     compile_s = time.perf_counter() - t0
@@ -245,7 +249,9 @@ def _save(path, matmul, rows):
                        '(reverse method, unrolled 1- and 2-step rollouts, extrapolated to N; '
                        'no recomputation); GFLOP/s: those FLOPs over the forward method time. '
                        'Variants: forward = --meta_grad=forward (default, hand-written student '
-                       'gradient), reverse = --meta_grad=reverse, reverse_remat = with --remat',
+                       'gradient, residuals stored within the default --residual_budget_gb=4), '
+                       'forward_remat = with --remat (each step recomputed), reverse = '
+                       '--meta_grad=reverse, reverse_remat = with --remat',
                   rows=rows)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
@@ -260,26 +266,29 @@ def _s(d, key='seconds', fmt='{:.2f}'):
 
 def _fmt_row(r):
     return (f"width {r['width']} N {r['N']} ipc {r['ipc']}: forward {_s(r['forward'])} s, "
-            f"reverse {_s(r['reverse'])} s, reverse+remat {_s(r['reverse_remat'])} s, "
+            f"forward+remat {_s(r['forward_remat'])} s, reverse {_s(r['reverse'])} s, reverse+remat {_s(r['reverse_remat'])} s, "
             f"torch {_s(r['torch'])} s")
 
 
 def table(rows) -> str:
     """Markdown table of a result list."""
-    lines = ['| width | N | ipc | forward (s) | reverse (s) | reverse, remat (s) | PyTorch (s) | '
-             'forward / PyTorch | reverse, remat / PyTorch | GFLOP | GFLOP/s | '
-             'peak MB: forward / reverse / remat / PyTorch |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| width | N | ipc | forward (s) | forward, remat (s) | reverse (s) | '
+             'reverse, remat (s) | PyTorch (s) | forward / PyTorch | forward, remat / PyTorch | '
+             'reverse, remat / PyTorch | GFLOP | GFLOP/s | '
+             'peak MB: forward / forward, remat / reverse / reverse, remat / PyTorch |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     ratio = lambda r, k: f"{r[k]:.2f}" if k in r else '-'
     for r in rows:
         flops = r['forward'].get('flops')
         gf = f"{flops / 1e9:.0f}" if flops else '-'
         rate = f"{r['gflops_achieved']:.0f}" if 'gflops_achieved' in r else '-'
         mem = ' / '.join(_s(r[k], 'peak_rss_mb', '{:.0f}')
-                         for k in ('forward', 'reverse', 'reverse_remat', 'torch'))
+                         for k in ('forward', 'forward_remat', 'reverse', 'reverse_remat',
+                                   'torch'))
         lines.append(f"| {r['width']} | {r['N']} | {r['ipc']} | {_s(r['forward'])} | "
-                     f"{_s(r['reverse'])} | {_s(r['reverse_remat'])} | {_s(r['torch'])} | "
-                     f"{ratio(r, 'forward_over_torch')} | "
+                     f"{_s(r.get('forward_remat', {}))} | {_s(r['reverse'])} | "
+                     f"{_s(r['reverse_remat'])} | {_s(r['torch'])} | "
+                     f"{ratio(r, 'forward_over_torch')} | {ratio(r, 'forward_remat_over_torch')} | "
                      f"{ratio(r, 'reverse_remat_over_torch')} | {gf} | {rate} | {mem} |")
     return '\n'.join(lines)
 

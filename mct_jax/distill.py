@@ -33,8 +33,8 @@ import numpy as np
 import optax
 from absl import flags, logging
 
-from mct_jax import (checkpoint, cli, data, evaluate, expert, monitor, parallel, trajectory,
-                     validate)
+from mct_jax import (checkpoint, cli, data, evaluate, expert, monitor, parallel, rollout,
+                     trajectory, validate)
 from mct_jax import flags as shared
 
 FLAGS = flags.FLAGS
@@ -57,6 +57,7 @@ class Settings(NamedTuple):
     eval_epochs: int = 300
     remat: bool = False
     meta_grad: str = 'forward'    # 'forward' (forward-over-reverse) or 'reverse'
+    residual_budget_gb: float = 4.0   # forward: residuals stored per device, else recomputed
     dsa: bool = True
     beta_mode: str = 'steps'
     start_sampling: str = 'continuous'
@@ -86,7 +87,7 @@ def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
 SETTINGS_FILE = 'settings.json'
 # Settings that may differ when a run is resumed: extending it, or evaluating it differently.
 # How the meta-gradient is computed (the same derivative either way) may change too.
-RESUMABLE_CHANGES = ('iterations', 'meta_grad', 'remat')
+RESUMABLE_CHANGES = ('iterations', 'meta_grad', 'remat', 'residual_budget_gb')
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
 
@@ -133,6 +134,9 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
                    num_devices: int) -> list[str]:
     """Every problem with the settings, each with its fix (an empty list when all is well)."""
     problems = []
+    if s.residual_budget_gb < 0:
+        problems.append(f'--residual_budget_gb={s.residual_budget_gb} must be >= 0 (0: always '
+                        'recompute, as --remat).')
     if s.num_samples < 1:
         problems.append(f'--num_samples={s.num_samples} must be at least 1.')
     if s.ipc < 1:
@@ -188,10 +192,11 @@ class Distiller:
         self.progress, self.tensorboard, self.pictures = progress, tensorboard, pictures
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
-        self.meta_grad = parallel.make_meta_grad(model.apply, s.syn_steps, self.batch, s.dsa,
-                                                 s.remat, devices, model.loss_grad,
-                                                 s.meta_grad)
+        self.meta_grad = parallel.make_meta_grad(
+            model.apply, s.syn_steps, self.batch, s.dsa, s.remat, devices, model.loss_grad,
+            s.meta_grad, model.stored_hvp, s.residual_budget_gb * 1e9)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
+        self.residual_plan = self._residual_plan(len(devices or jax.devices()))
         self.devices = [d for d in (devices or jax.devices())
                         if d.process_index == jax.process_index()]   # this process's
         # Multi-process runs: every process runs the same loop on the same state; process 0
@@ -205,6 +210,29 @@ class Distiller:
                                                  use_dsa=s.dsa, together='loop')
         self.key = jax.random.key(s.seed)
         self.x_test, self.y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+
+    def _residual_plan(self, num_devices: int) -> str:
+        """Whether the forward method stores each student step's residuals (faster) or
+        recomputes the step in the backward pass (memory flat in N), and why."""
+        s, model = self.s, self.model
+        if s.meta_grad != 'forward' or model.stored_hvp is None:
+            return ''
+        theta = jax.eval_shape(model.init, jax.random.key(0))
+        local = self.batch // num_devices
+        images = jax.ShapeDtypeStruct((local,) + tuple(self.ds.x_train.shape[1:]), jnp.float32)
+        labels = jax.ShapeDtypeStruct((local,), jnp.int32)
+        need = (rollout.residual_bytes(model.stored_hvp[0], theta, images, labels)
+                * s.syn_steps * s.num_samples) / 1e9
+        size = f'{need:.2f} GB' if need >= 1 else f'{need * 1e3:.1f} MB'
+        if s.remat:
+            return (f'recomputing each student step (--remat); storing its residuals would '
+                    f'take {size} per device')
+        if need <= s.residual_budget_gb:
+            return (f'storing each student step\'s residuals: {size} per device '
+                    f'(--residual_budget_gb={s.residual_budget_gb:g})')
+        return (f'recomputing each student step: its residuals would take {size} per '
+                f'device > --residual_budget_gb={s.residual_budget_gb:g}; raise it to run '
+                'faster if the memory is there')
 
     # -- state
 
@@ -356,6 +384,8 @@ class Distiller:
             os.makedirs(self.out_dir, exist_ok=True)
         self._check_out_dir()
         syn, opt_state, labels = self.initial_state()
+        if self.residual_plan and self.primary:
+            logging.info('Meta-gradient: %s.', self.residual_plan)
         metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
         first, best, lines = 0, -np.inf, []
         restored = self._restore(opt_state)

@@ -88,10 +88,16 @@ flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<me
 flags.DEFINE_enum('meta_grad', 'forward', rollout.METHODS,
                   'How the meta-gradient is computed (the same derivative): forward = each '
                   "step's Hessian-vector products in forward mode through a custom VJP, memory "
-                  'flat in N (fastest); reverse = jax.grad through the scan, as the reference.')
-flags.DEFINE_boolean('remat', False, 'With --meta_grad=reverse: recompute each student step in '
-                     'the backward pass, the same gradient with much less memory. (The forward '
-                     'method already keeps only the parameters of each step.)')
+                  'bounded by --residual_budget_gb (fastest); reverse = jax.grad through the '
+                  'scan, as the reference.')
+flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backward pass: the '
+                     'same gradient with memory flat in N. Reverse: instead of keeping its '
+                     'activations; forward: instead of storing its residuals (see '
+                     '--residual_budget_gb).')
+flags.DEFINE_float('residual_budget_gb', 4.0, 'Forward method: store each student step\'s '
+                   'residuals (about two first-block feature maps per image), which is faster, '
+                   'while those of the N steps take at most this many GB per device; else '
+                   'recompute each step. 0: always recompute.')
 flags.DEFINE_boolean('dsa', True, 'DSA augmentation in the student steps and evaluation.')
 flags.DEFINE_enum('beta_mode', 'steps', ['steps', 'uniform', 'projected'],
                   'MCT betas: steps (eq. 9), uniform (t/K) or projected (one global beta).')

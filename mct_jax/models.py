@@ -31,7 +31,10 @@ the cross-entropy gradient back-propagated by hand with native convolutions for 
 forward pass and the input gradients, and matrix products for the weight gradients. Only
 first-order and forward-mode derivatives of it are ever taken, and those keep every
 operation in a fast form (1.2-1.4x faster training, 1.5-2x faster meta-gradients than the
-im2col route on the 2-core CPU; see the README's benchmarks).
+im2col route on the 2-core CPU; see the README's benchmarks). :func:`loss_hvp` is that
+forward-mode derivative (a Hessian-vector product) written by hand as well, from residuals
+that :func:`loss_grad_and_residuals` keeps, so that the meta-gradient's backward pass need
+not run the student's forward and backward passes again.
 """
 
 from __future__ import annotations
@@ -254,6 +257,11 @@ _ACT_GRADS = {  # derivative of each activation given its input z and output a
     'leakyrelu': lambda z, a: jnp.where(z >= 0, 1.0, LEAKY_SLOPE).astype(z.dtype),
     'sigmoid': lambda z, a: a * (1 - a),
 }
+_ACT_GRADS2 = {  # second derivative given z and a; None where it is zero (almost everywhere)
+    'relu': None,
+    'leakyrelu': None,
+    'sigmoid': lambda z, a: a * (1 - a) * (1 - 2 * a),
+}
 
 
 def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=False):
@@ -276,6 +284,12 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
       ``(grads, grad_x, logits)``: a pytree like ``params``, [B, H, W, C] or None, and the
       [B, num_classes] logits of the forward pass.
     """
+    grads, grad_x, logits, _ = _loss_grad(params, x, labels, act, pool, input_grad)
+    return grads, grad_x, logits
+
+
+def _loss_grad(params, x, labels, act, pool, input_grad):
+    """:func:`loss_grad`, plus the residuals :func:`loss_hvp` needs (see there)."""
     _check('none', act, pool)
     f, df = ACTIVATIONS[act], _ACT_GRADS[act]
     depth = sum(1 for k in params if k.startswith('conv'))
@@ -300,8 +314,10 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
                                                         dtype=logits.dtype)) / x.shape[0]
     grads = {'dense': {'w': feats.T @ d_logits, 'b': d_logits.sum(0)}}
     dh = (d_logits @ params['dense']['w'].T).reshape(h.shape)
+    res = {'logits': logits, 'feats': feats}
     for i in reversed(range(depth)):
         h_in, z, a, norm = saved[i]
+        layer = res[f'layer{i}'] = {'dh': dh, 'h': h_in if i > 0 else None}
         dz = _pool2x2_grad(dh, a, pool) * df(z, a)
         if norm is not None:
             # Per-sample, per-channel sums over H and W, shared by the norm's parameter
@@ -309,6 +325,7 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
             xhat, r = norm
             s1 = jnp.sum(dz, axis=(1, 2), keepdims=True)
             s2 = jnp.sum(dz * xhat, axis=(1, 2), keepdims=True)
+            layer.update(xhat=xhat, r=r, s1=s1, s2=s2)
             grads[f'norm{i}'] = {'scale': jnp.sum(s2, axis=(0, 1, 2)),
                                  'bias': jnp.sum(s1, axis=(0, 1, 2))}
             hw = dz.shape[1] * dz.shape[2]
@@ -317,11 +334,141 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
             # gradient is exactly zero; autodiff would return rounding noise.
             d_bias = jnp.zeros_like(params[f'conv{i}']['b'])
         else:
+            layer['z'] = z
             d_bias = jnp.sum(dz, axis=(0, 1, 2))
         grads[f'conv{i}'] = {'w': _conv3x3_weight_grad(h_in, dz), 'b': d_bias}
         if i > 0 or input_grad:
             dh = _conv3x3_input_grad(dz, params[f'conv{i}']['w'], h_in.shape[-1])
-    return grads, (dh if input_grad else None), logits
+    return grads, (dh if input_grad else None), logits, res
+
+
+def loss_grad_and_residuals(params: Params, x, labels, act='relu', pool='avgpool'):
+    """:func:`loss_grad` (without the input gradient), and what :func:`loss_hvp` needs.
+
+    Returns:
+      ``(grads, logits, residuals)``. The residuals are, per layer, its input (after the
+      first), the normalised conv output (or the pre-activation without a norm), the norm's
+      1/sqrt(var + eps) and per-sample sums of the backward pass, and the cotangent of the
+      layer's pooled output; and the logits and flattened features. About two feature maps
+      of the first block per image: everything else :func:`loss_hvp` uses is recomputed
+      from these by elementwise operations.
+    """
+    grads, _, logits, res = _loss_grad(params, x, labels, act, pool, False)
+    return grads, logits, res
+
+
+def loss_hvp(params: Params, residuals, x, labels, v: Params, act='relu', pool='avgpool',
+             input_grad=False):
+    """Hessian-vector product of the mean cross-entropy, from stored residuals.
+
+    The forward-mode derivative of :func:`loss_grad` along ``v`` (the same value as
+    ``jax.jvp(lambda p: loss_grad(p, x, labels, ...)[:2], (params,), (v,))[1]``, checked in
+    float64 in ``tests/test_models.py``), written by hand so that the primal forward and
+    backward passes are not recomputed: they come from ``residuals`` of
+    :func:`loss_grad_and_residuals` at the same ``params`` and ``x``. What remains is the
+    tangent of every operation: for a convolution ``conv(h, w)`` it is
+    ``conv(h', w) + conv(h, w')``, again native convolutions and weight-gradient matrix
+    products.
+
+    Returns:
+      ``(hv, hv_x)``: a pytree like ``params`` and, with ``input_grad``, the [B, H, W, C]
+      derivative of the input gradient (else None).
+    """
+    _check('none', act, pool)
+    f, df, ddf = ACTIVATIONS[act], _ACT_GRADS[act], _ACT_GRADS2[act]
+    depth = sum(1 for k in params if k.startswith('conv'))
+    # Tangent of the forward pass.
+    fwd = []
+    h, ht = x, None
+    for i in range(depth):
+        w, layer = params[f'conv{i}']['w'], residuals[f'layer{i}']
+        if i > 0:
+            h = layer['h']
+        ct = conv3x3_native(h, v[f'conv{i}']['w'])
+        if ht is not None:
+            ct = ct + conv3x3_native(ht, w)
+        if f'norm{i}' in params:
+            scale, xhat, r = params[f'norm{i}']['scale'], layer['xhat'], layer['r']
+            m1 = jnp.mean(ct, axis=(1, 2), keepdims=True)
+            m2 = jnp.mean(ct * xhat, axis=(1, 2), keepdims=True)
+            xhat_t = r * (ct - m1 - xhat * m2)
+            z = xhat * scale + params[f'norm{i}']['bias']
+            zt = xhat_t * scale + xhat * v[f'norm{i}']['scale'] + v[f'norm{i}']['bias']
+            norm = xhat_t, -r * r * m2
+        else:
+            z, zt, norm = layer['z'], ct + v[f'conv{i}']['b'], None
+        a = f(z)
+        fp = df(z, a)
+        fwd.append((h, ht, z, zt, a, fp, norm))
+        ht = _pool2x2_jvp(a, fp * zt, pool)
+    feats, logits = residuals['feats'], residuals['logits']
+    feats_t = ht.reshape(ht.shape[0], -1)
+    logits_t = feats_t @ params['dense']['w'] + feats @ v['dense']['w'] + v['dense']['b']
+    p = jax.nn.softmax(logits)
+    n = x.shape[0]
+    d_logits = (p - jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)) / n
+    d_logits_t = p * (logits_t - jnp.sum(p * logits_t, axis=-1, keepdims=True)) / n
+    hv = {'dense': {'w': feats_t.T @ d_logits + feats.T @ d_logits_t, 'b': d_logits_t.sum(0)}}
+    dht = (d_logits_t @ params['dense']['w'].T + d_logits @ v['dense']['w'].T
+           ).reshape(ht.shape)
+    hv_x = None
+    # Tangent of the backward pass.
+    for i in reversed(range(depth)):
+        h, ht, z, zt, a, fp, norm = fwd[i]
+        layer = residuals[f'layer{i}']
+        w, wt = params[f'conv{i}']['w'], v[f'conv{i}']['w']
+        da = _pool2x2_grad(layer['dh'], a, pool)
+        dz = da * fp
+        dzt = _pool2x2_grad(dht, a, pool) * fp
+        if ddf is not None:
+            dzt = dzt + da * ddf(z, a) * zt
+        if norm is not None:
+            xhat_t, r_t = norm
+            xhat, r, s1, s2 = layer['xhat'], layer['r'], layer['s1'], layer['s2']
+            scale, scale_t = params[f'norm{i}']['scale'], v[f'norm{i}']['scale']
+            s1t = jnp.sum(dzt, axis=(1, 2), keepdims=True)
+            s2t = jnp.sum(dzt * xhat + dz * xhat_t, axis=(1, 2), keepdims=True)
+            hv[f'norm{i}'] = {'scale': jnp.sum(s2t, axis=(0, 1, 2)),
+                              'bias': jnp.sum(s1t, axis=(0, 1, 2))}
+            hw = dz.shape[1] * dz.shape[2]
+            u = dz - s1 / hw - xhat * (s2 / hw)
+            ut = dzt - s1t / hw - xhat_t * (s2 / hw) - xhat * (s2t / hw)
+            dc = (r * scale) * u
+            dct = (r_t * scale + r * scale_t) * u + (r * scale) * ut
+            bias_t = jnp.zeros_like(params[f'conv{i}']['b'])
+        else:
+            dc, dct = dz, dzt
+            bias_t = jnp.sum(dzt, axis=(0, 1, 2))
+        wgrad_t = _conv3x3_weight_grad(h, dct)
+        if ht is not None:
+            wgrad_t = wgrad_t + _conv3x3_weight_grad(ht, dc)
+        hv[f'conv{i}'] = {'w': wgrad_t, 'b': bias_t}
+        if i > 0 or input_grad:
+            c_in = h.shape[-1]
+            dht = _conv3x3_input_grad(dct, w, c_in) + _conv3x3_input_grad(dc, wt, c_in)
+    if input_grad:
+        hv_x = dht
+    return hv, hv_x
+
+
+def _pool2x2_jvp(x, xt, kind):
+    """Derivative of :func:`pool2x2` at x along xt (max pooling: split among tied maxima)."""
+    if kind != 'maxpool':
+        return pool2x2(xt, kind)
+    b, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    share = _max_share(x)
+    win = xt[:, :h2 * 2, :w2 * 2, :].reshape(b, h2, 2, w2, 2, c)
+    return jnp.sum(win * share, axis=(2, 4))
+
+
+def _max_share(x):
+    """Per 2x2 window of x: 1 / (number of maxima) at each maximum, else 0."""
+    b, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    win = x[:, :h2 * 2, :w2 * 2, :].reshape(b, h2, 2, w2, 2, c)
+    hit = (win == win.max(axis=(2, 4), keepdims=True)).astype(x.dtype)
+    return hit / hit.sum(axis=(2, 4), keepdims=True)
 
 
 def _pool2x2_grad(dy, x, kind):
@@ -333,9 +480,7 @@ def _pool2x2_grad(dy, x, kind):
     if kind == 'avgpool':
         share = jnp.full((1, 1, 2, 1, 2, 1), 0.25, dy.dtype)
     else:  # as jnp.max: split equally among the maxima of each window
-        win = x[:, :h2 * 2, :w2 * 2, :].reshape(b, h2, 2, w2, 2, c)
-        hit = (win == win.max(axis=(2, 4), keepdims=True)).astype(dy.dtype)
-        share = hit / hit.sum(axis=(2, 4), keepdims=True)
+        share = _max_share(x).astype(dy.dtype)
     dx = (dy[:, :, None, :, None, :] * share).reshape(b, h2 * 2, w2 * 2, c)
     if (h2 * 2, w2 * 2) != (h, w):
         dx = jnp.pad(dx, ((0, 0), (0, h - h2 * 2), (0, w - w2 * 2), (0, 0)))
@@ -343,11 +488,15 @@ def _pool2x2_grad(dy, x, kind):
 
 
 class Model(NamedTuple):
-    """The architecture choices bound: ``init``, ``apply`` and the hand-written gradient."""
+    """The architecture choices bound: ``init``, ``apply``, the hand-written gradient and
+    Hessian-vector product."""
     init: Callable[..., Params]   # init(key) -> params
     apply: Callable[..., Any]     # apply(params, x) -> logits
     # loss_grad(params, x, labels, input_grad=False) -> (grads, grad_x or None, logits)
     loss_grad: Callable[..., Any] | None = None
+    # (grad_and_residuals(params, x, labels) -> (grads, logits, residuals),
+    #  hvp(params, residuals, x, labels, v, input_grad) -> (hv, hv_x or None))
+    stored_hvp: tuple[Callable[..., Any], Callable[..., Any]] | None = None
 
 
 def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', act='relu',
@@ -358,7 +507,11 @@ def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', a
         init=lambda key: init(key, input_shape, num_classes, width, depth, norm, pool),
         apply=lambda params, x: apply(params, x, act, pool),
         loss_grad=lambda params, x, labels, input_grad=False: loss_grad(
-            params, x, labels, act, pool, input_grad))
+            params, x, labels, act, pool, input_grad),
+        stored_hvp=(lambda params, x, labels: loss_grad_and_residuals(params, x, labels, act,
+                                                                     pool),
+                    lambda params, residuals, x, labels, v, input_grad=False: loss_hvp(
+                        params, residuals, x, labels, v, act, pool, input_grad)))
 
 
 def num_params(params: Params) -> int:

@@ -31,7 +31,8 @@ AXIS = 'devices'
 
 
 def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = True,
-                   remat: bool = False, devices=None, loss_grad=None, method: str = 'forward'):
+                   remat: bool = False, devices=None, loss_grad=None, method: str = 'forward',
+                   stored_hvp=None, residual_budget: float | None = None):
     """Builds ``meta_grad(images, lr, labels, theta_start, theta_target, keys)``.
 
     ``theta_start``, ``theta_target`` and ``keys`` carry a leading axis of S (expert, start)
@@ -43,8 +44,9 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
     defaults to ``jax.devices()``: in a multi-process run every process calls ``meta_grad``
     with the same arguments, its own devices take their shares of each minibatch, and the
     gradients are averaged across all processes. ``batch_size`` must be divisible by the
-    number of devices. ``loss_grad`` and ``method`` choose how the meta-gradient is computed
-    (:func:`mct_jax.rollout.meta_loss`); ``remat`` applies to ``method='reverse'``.
+    number of devices. ``loss_grad``, ``method``, ``remat`` and ``stored_hvp`` choose how the
+    meta-gradient is computed (:func:`mct_jax.rollout.meta_loss`). ``residual_budget``
+    (bytes per device) bounds the residuals all S rollouts store together.
     """
     devices = list(devices or jax.devices())
     local = [d for d in devices if d.process_index == jax.process_index()]
@@ -55,13 +57,16 @@ def make_meta_grad(apply_fn, num_steps: int, batch_size: int, use_dsa: bool = Tr
     loss_fn = functools.partial(rollout.meta_loss, apply_fn=apply_fn, num_steps=num_steps,
                                 batch_size=batch_size, use_dsa=use_dsa, remat=remat,
                                 axis_name=AXIS, num_shards=num, loss_grad=loss_grad,
-                                method=method)
+                                method=method, stored_hvp=stored_hvp)
 
     traces = [0]
 
     def mean_loss(images, lr, labels, theta_start, theta_target, keys):
+        # The S rollouts run side by side and share the budget.
+        budget = None if residual_budget is None else residual_budget / keys.shape[0]
         losses = jax.vmap(lambda a, b, k: loss_fn(images, lr, labels=labels, theta_start=a,
-                                                  theta_target=b, key=k))(
+                                                  theta_target=b, key=k,
+                                                  residual_budget=budget))(
             theta_start, theta_target, keys)
         return losses.mean()
 

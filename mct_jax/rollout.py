@@ -44,6 +44,16 @@ def step_indices(key, num_images: int, batch_size: int, num_steps: int):
     return perms.reshape(-1)[:num_steps * batch_size].reshape(num_steps, batch_size)
 
 
+def residual_bytes(grad_and_residuals: Callable, theta: PyTree, images, labels) -> int:
+    """Bytes one student step stores for the backward pass when residuals are kept: the
+    residuals of ``grad_and_residuals(theta, images, labels)`` for this minibatch and the
+    student gradient. Computed from shapes only; nothing runs."""
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    grads, _, res = jax.eval_shape(grad_and_residuals, *jax.tree.map(spec, (theta, images,
+                                                                            labels)))
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((grads, res)))
+
+
 def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
     """Normalised parameter matching loss (METHOD.md section 4, step 3)."""
     num = sum(jnp.sum(jnp.square(a - b)) for a, b in
@@ -63,7 +73,9 @@ def tree_vdot(a: PyTree, b: PyTree):
 def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, num_steps: int,
             batch_size: int, use_dsa: bool = True, remat: bool = False,
             axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
-            loss_grad: Callable | None = None, method: str = 'forward'):
+            loss_grad: Callable | None = None, method: str = 'forward',
+            stored_hvp: tuple[Callable, Callable] | None = None,
+            residual_budget: float | None = None):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
 
     Args:
@@ -74,8 +86,9 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
       key: PRNG key; step t augments with ``fold_in(key, t)``.
       num_steps: N (static).
       batch_size: images per step (static); divisible by ``num_shards``.
-      remat: ``method='reverse'`` only: rematerialise each step in the backward pass
-        (``jax.checkpoint``).
+      remat: rematerialise each step in the backward pass: ``method='reverse'`` through
+        ``jax.checkpoint``; ``method='forward'`` by not storing residuals (see
+        ``stored_hvp``).
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
         takes its 1/num_shards of every minibatch. The augmentation is drawn for the whole
         minibatch and then sliced, so the result does not depend on the device count.
@@ -86,6 +99,12 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
         the cross-entropy of ``apply_fn``. Used by ``method='forward'``.
       method: how ``jax.grad`` of a function of the result differentiates the rollout, see
         :func:`meta_loss`. Both give the same derivative.
+      stored_hvp: ``method='forward'``: the student gradient that also returns residuals and
+        the Hessian-vector product that uses them (``Model.stored_hvp``); the forward pass
+        then stores each step's residuals so that the backward pass need not recompute the
+        student's forward and backward passes (unless ``remat``).
+      residual_budget: bytes the stored residuals of the N steps may take on this device
+        (:func:`residual_bytes`); beyond it each step is recomputed. None: no limit.
     Returns:
       theta_N.
     """
@@ -131,11 +150,24 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
         theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
         return theta
 
+    store = False
+    if stored_hvp is not None and not remat:
+        grad_and_residuals, hvp = stored_hvp
+        batch = (jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
+                 jax.ShapeDtypeStruct((local,), labels.dtype))
+        need = num_steps * residual_bytes(grad_and_residuals, theta_start, *batch)
+        store = residual_budget is None or need <= residual_budget
+
     # Everything the rollout depends on is an argument (nothing traced is closed over), so
     # that it composes with vmap and pmap.
     def run_steps(theta, images, lr, labels, k_aug, idx):
         def step(theta, inputs):
             xb, yb = minibatch(images, labels, k_aug, *inputs)
+            if store:
+                grads, _, res = grad_and_residuals(theta, xb, yb)
+                if axis_name is not None:
+                    grads = lax.pmean(grads, axis_name)
+                return sgd(theta, grads, lr), (theta, grads, res)
             return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), theta
         return lax.scan(step, theta, (steps, idx), unroll=unroll)
 
@@ -158,11 +190,17 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
 
         def step(carry, inputs):
             v, ct_images, ct_lr = carry
-            theta, t, step_idx = inputs
+            saved, t, step_idx = inputs
             xb, pull_back, yb = jax.vjp(lambda im: minibatch(im, labels, k_aug, t, step_idx),
                                         images, has_aux=True)
-            (g, _), (hv, hv_x) = jax.jvp(lambda p: student_grad(p, xb, yb, True),
-                                        (theta,), (v,))
+            if store:
+                theta, g, res = saved
+                hv, hv_x = hvp(theta, res, xb, yb, v, True)
+                if axis_name is not None:
+                    hv = lax.pmean(hv, axis_name)
+            else:
+                (g, _), (hv, hv_x) = jax.jvp(lambda p: student_grad(p, xb, yb, True),
+                                            (saved,), (v,))
             ct_images = ct_images + pull_back(-lr * hv_x)[0]
             ct_lr = ct_lr - tree_vdot(g, v).astype(ct_lr.dtype)
             return (sgd(v, hv, lr), ct_images, ct_lr), None
@@ -179,20 +217,27 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
 def meta_loss(images, lr, apply_fn, labels, theta_start, theta_target, key, num_steps: int,
               batch_size: int, use_dsa: bool = True, remat: bool = False,
               axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
-              loss_grad: Callable | None = None, method: str = 'forward'):
+              loss_grad: Callable | None = None, method: str = 'forward',
+              stored_hvp: tuple[Callable, Callable] | None = None,
+              residual_budget: float | None = None):
     """Matching loss of a rollout, as a function of (images, lr) for ``jax.grad``.
 
     ``method`` chooses how the meta-gradient is computed (the same derivative either way):
 
-    - ``'forward'`` (default): the rollout has a custom VJP. Its forward pass keeps only
-      each step's parameters; its backward pass walks the steps in reverse and gets each
-      step's Hessian-vector products in forward mode (``jax.jvp`` of the student gradient
-      ``loss_grad``). Memory does not grow with the activations of the N steps, and with
-      the ConvNet's hand-written gradient every derivative is a fast forward-form kernel.
+    - ``'forward'`` (default): the rollout has a custom VJP. Its forward pass keeps each
+      step's parameters; its backward pass walks the steps in reverse and gets each step's
+      Hessian-vector products in forward mode. With ``stored_hvp`` (the ConvNet's
+      hand-written pair), the forward pass also keeps each step's residuals (about two
+      feature maps of the first block per image) and the backward pass computes only the
+      tangents from them, as long as the N steps' residuals fit ``residual_budget``.
+      Otherwise, or with ``remat``, it recomputes each step (``jax.jvp`` of the student
+      gradient ``loss_grad``) and memory does not grow with N. With the ConvNet's
+      hand-written gradient every derivative is a fast forward-form kernel.
     - ``'reverse'``: ``jax.grad`` straight through the ``lax.scan`` (reverse over reverse,
       as the reference PyTorch code does with ``create_graph=True``), with ``remat``
       optionally rematerialising each step. Uses ``apply_fn``'s im2col convolution.
     """
     theta_n = rollout(apply_fn, theta_start, images, labels, lr, key, num_steps, batch_size,
-                      use_dsa, remat, axis_name, num_shards, unroll, loss_grad, method)
+                      use_dsa, remat, axis_name, num_shards, unroll, loss_grad, method,
+                      stored_hvp, residual_budget)
     return matching_loss(theta_n, theta_start, theta_target)

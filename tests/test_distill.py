@@ -44,7 +44,8 @@ def test_step_indices_cover_every_image_per_permutation():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
 
 
-@pytest.mark.parametrize('method,hand', [('forward', True), ('reverse', False)])
+@pytest.mark.parametrize('method,hand', [('forward', True), ('forward', 'stored'),
+                                         ('reverse', False)])
 def test_meta_gradient_matches_finite_differences_float64(method, hand):
     with jax.enable_x64(True):
         m, start, target, images, labels = _setup(jnp.float64)
@@ -52,7 +53,8 @@ def test_meta_gradient_matches_finite_differences_float64(method, hand):
 
         def loss(im, lr):
             return rollout.meta_loss(im, lr, m.apply, labels, start, target, key, 3, 8, True,
-                                     method=method, loss_grad=m.loss_grad if hand else None)
+                                     method=method, loss_grad=m.loss_grad if hand else None,
+                                     stored_hvp=m.stored_hvp if hand == 'stored' else None)
 
         lr = jnp.float64(0.05)
         g_img, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
@@ -79,19 +81,43 @@ def test_remat_gives_the_same_gradient():
 @pytest.mark.parametrize('use_dsa,batch', [(False, 8), (True, 4)])
 def test_forward_and_reverse_meta_gradients_agree_float64(use_dsa, batch):
     """The custom-VJP forward method (with autodiff's and with the hand-written student
-    gradient) against jax.grad through the scan: same loss and gradients to 1e-12."""
+    gradient, recomputing or storing each step's residuals) against jax.grad through the
+    scan: same loss and gradients to 1e-12."""
     with jax.enable_x64(True):
         m, start, target, images, labels = _setup(jnp.float64, shape=(8, 8, 3), width=6)
         outs = [jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
             images, jnp.float64(0.05), m.apply, labels, start, target, jax.random.key(6), 3,
             batch, use_dsa, **kw)
             for kw in (dict(method='reverse'), dict(method='forward'),
-                       dict(method='forward', loss_grad=m.loss_grad))]
+                       dict(method='forward', loss_grad=m.loss_grad),
+                       dict(method='forward', loss_grad=m.loss_grad, stored_hvp=m.stored_hvp))]
         for loss, (g_img, g_lr) in outs[1:]:
             np.testing.assert_allclose(loss, outs[0][0], rtol=1e-13)
             np.testing.assert_allclose(g_img, outs[0][1][0], rtol=1e-10,
                                        atol=1e-12 * float(jnp.max(jnp.abs(g_img))))
             np.testing.assert_allclose(g_lr, outs[0][1][1], rtol=1e-10)
+
+
+def test_residual_budget_chooses_between_storing_and_recomputing():
+    """The forward method stores residuals exactly when the N steps' fit the budget (and
+    not with remat); both ways give the same meta-gradient."""
+    m, start, target, images, labels = _setup()
+    traced = []
+    grad_and_residuals, hvp = m.stored_hvp
+    spy = (grad_and_residuals, lambda *a: (traced.append(1), hvp(*a))[1])
+    need = 3 * rollout.residual_bytes(grad_and_residuals, start, images[:4], labels[:4])
+    assert need > 0
+    results = {}
+    for budget, remat, stores in [(None, False, True), (need, False, True),
+                                  (need - 1, False, False), (None, True, False)]:
+        traced.clear()
+        results[budget, remat] = jax.grad(rollout.meta_loss, argnums=(0, 1))(
+            images, 0.05, m.apply, labels, start, target, jax.random.key(4), 3, 4, True, remat,
+            loss_grad=m.loss_grad, stored_hvp=spy, residual_budget=budget)
+        assert bool(traced) == stores, (budget, remat)
+    for other in list(results.values())[1:]:
+        for a, b in zip(other, results[None, False]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_unknown_meta_gradient_method():
@@ -101,7 +127,8 @@ def test_unknown_meta_gradient_method():
                         method='backward')
 
 
-@pytest.mark.parametrize('method,hand', [('forward', True), ('reverse', False)])
+@pytest.mark.parametrize('method,hand', [('forward', True), ('forward', 'stored'),
+                                         ('reverse', False)])
 def test_devices_give_the_same_update(method, hand):
     assert jax.local_device_count() >= 4, 'conftest asks for 4 fake CPU devices'
     m, start, target, images, labels = _setup()
@@ -110,7 +137,8 @@ def test_devices_give_the_same_update(method, hand):
     for nd in (1, 2, 4):
         devices = jax.local_devices()[:nd]
         f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices,
-                                    m.loss_grad if hand else None, method)
+                                    m.loss_grad if hand else None, method,
+                                    m.stored_hvp if hand == 'stored' else None)
         batch = lambda t: jax.tree.map(lambda a: a[None], t)
         loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, batch(start), batch(target),
                               jax.random.key(9)[None])
@@ -185,6 +213,7 @@ def test_sample_start_is_deterministic_and_in_range():
     (dict(method='mtt', expert_epochs=1.5), None, 'whole number'),
     (dict(lr_img=-1), None, 'lr_img'),
     (dict(ipc=3), [25] * 10, 'divide among 4 devices'),
+    (dict(residual_budget_gb=-1), None, 'residual_budget_gb'),
 ])
 def test_check_settings(over, counts, message):
     s = distill.Settings(**over)
@@ -278,3 +307,22 @@ def test_several_samples_average_their_losses():
     np.testing.assert_allclose(g_img, (singles[0][1][0] + singles[1][1][0]) / 2, rtol=1e-4,
                                atol=1e-7)
     np.testing.assert_allclose(g_lr, (singles[0][1][1] + singles[1][1][1]) / 2, rtol=1e-4)
+
+
+def test_the_residual_plan_is_stated(tmp_path, tiny_experts):
+    """The run says whether it stores the forward method's residuals, and how much memory
+    they take or would take."""
+    ds, trajs = tiny_experts
+    m = models.convnet(ds.image_shape, 10, 4, 3)
+    plans = {}
+    for over in (dict(), dict(residual_budget_gb=0), dict(remat=True),
+                 dict(meta_grad='reverse')):
+        s = distill.Settings(ipc=2, syn_steps=3, expert_epochs=1, max_start_epoch=1, **over)
+        plans[tuple(over)] = distill.Distiller(s, m, ds, trajs, str(tmp_path / 'r'), {},
+                                               jax.local_devices()[:1]).residual_plan
+    assert plans[()].startswith("storing each student step's residuals: ")
+    assert plans[()].endswith('B per device (--residual_budget_gb=4)')
+    assert plans[('residual_budget_gb',)].startswith('recomputing each student step: ')
+    assert '> --residual_budget_gb=0' in plans[('residual_budget_gb',)]
+    assert plans[('remat',)].startswith('recomputing each student step (--remat)')
+    assert plans[('meta_grad',)] == ''

@@ -152,6 +152,18 @@ def test_bad_settings_raise(key):
         models.convnet((32, 32, 3), 10, act='gelu')
 
 
+def _float64_case(norm, pool):
+    """A two-block float64 network on 9x7x2 images (pooling drops a row and a column), with
+    non-trivial norm parameters, six images and five classes."""
+    shape = (9, 7, 2)
+    params = models.init(jax.random.key(0), shape, 5, 6, 2, norm, pool, jnp.float64)
+    if norm == 'instancenorm':
+        params['norm0']['scale'] = 1 + 0.3 * jax.random.normal(jax.random.key(3), (6,))
+        params['norm1']['bias'] = 0.2 * jax.random.normal(jax.random.key(4), (6,))
+    x = jax.random.normal(jax.random.key(1), (6,) + shape, jnp.float64)
+    return params, x, jnp.array([0, 1, 2, 3, 4, 1])
+
+
 @pytest.mark.parametrize('norm', models.NORMS)
 @pytest.mark.parametrize('act', tuple(models.ACTIVATIONS))
 @pytest.mark.parametrize('pool', models.POOLS)
@@ -161,13 +173,7 @@ def test_hand_written_gradient_matches_autodiff_float64(norm, act, pool):
     a few-channel first layer (im2col) and a many-channel second one (native convolution)."""
     from mct_jax import train
     with jax.enable_x64(True):
-        shape = (9, 7, 2)
-        params = models.init(jax.random.key(0), shape, 5, 6, 2, norm, pool, jnp.float64)
-        if norm == 'instancenorm':
-            params['norm0']['scale'] = 1 + 0.3 * jax.random.normal(jax.random.key(3), (6,))
-            params['norm1']['bias'] = 0.2 * jax.random.normal(jax.random.key(4), (6,))
-        x = jax.random.normal(jax.random.key(1), (6,) + shape, jnp.float64)
-        y = jnp.array([0, 1, 2, 3, 4, 1])
+        params, x, y = _float64_case(norm, pool)
         want, want_x = jax.grad(
             lambda p, x: train.cross_entropy(models.apply(p, x, act, pool), y),
             argnums=(0, 1))(params, x)
@@ -219,3 +225,35 @@ def test_conv_bias_before_instance_norm_has_no_effect_and_zero_gradient():
             else:
                 assert not same
                 assert float(jnp.min(jnp.abs(grads['conv1']['b']))) > 0
+
+
+@pytest.mark.parametrize('norm', models.NORMS)
+@pytest.mark.parametrize('act', tuple(models.ACTIVATIONS))
+@pytest.mark.parametrize('pool', models.POOLS)
+def test_stored_hvp_matches_forward_mode_autodiff_float64(norm, act, pool):
+    """models.loss_hvp, from the residuals of loss_grad_and_residuals, against jax.jvp of
+    the hand-written gradient (itself checked against jax.grad above), float64, for every
+    norm/activation/pooling, an odd image size and both convolution forms."""
+    with jax.enable_x64(True):
+        params, x, y = _float64_case(norm, pool)
+        v = models.init(jax.random.key(7), x.shape[1:], 5, 6, 2, norm, pool, jnp.float64)
+        if norm == 'instancenorm':   # a direction that moves every norm parameter
+            v = jax.tree.map(lambda a: a, v)
+            for i in range(2):
+                v[f'norm{i}'] = {k: jax.random.normal(jax.random.key(10 + i + 2 * j), (6,))
+                                 for j, k in enumerate(('scale', 'bias'))}
+        (_, _), (want, want_x) = jax.jvp(
+            lambda p: models.loss_grad(p, x, y, act, pool, input_grad=True)[:2], (params,), (v,))
+        grads, logits, res = models.loss_grad_and_residuals(params, x, y, act, pool)
+        ref_grads, _, ref_logits = models.loss_grad(params, x, y, act, pool)
+        np.testing.assert_array_equal(logits, ref_logits)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_array_equal(a, b)
+        got, got_x = models.loss_hvp(params, res, x, y, v, act, pool, input_grad=True)
+        assert models.loss_hvp(params, res, x, y, v, act, pool)[1] is None
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13 * scale)
+        np.testing.assert_allclose(got_x, want_x, rtol=1e-10,
+                                   atol=1e-13 * float(jnp.max(jnp.abs(want_x))))
