@@ -184,8 +184,9 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
         # drawn from the images. Its transpose, for the cotangent v of theta_{t+1}:
         #   theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>,
         # where H_tt v and H_xt v (the Hessian of the student loss applied to v, in its
-        # theta and x rows) are the forward-mode derivative of (g_t, grad_x) along v, and
-        # A_t^T pulls a batch gradient back through the augmentation and the indexing.
+        # theta and x rows) are the forward-mode derivative of (g_t, grad_x) along v (jax.jvp,
+        # or the hand-written ``hvp`` from the step's stored residuals), and A_t^T pulls a
+        # batch gradient back through the augmentation and the indexing.
         thetas, images, lr, labels, k_aug, idx = residuals
 
         def step(carry, inputs):
