@@ -16,3 +16,25 @@ CIFAR10_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10')
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# Every compiled XLA:CPU program keeps memory mappings of its code until JAX's caches let it
+# go, and Linux allows a process 65,530 mappings (vm.max_map_count). The whole suite in one
+# process compiles enough programs (the eager finite-difference checks alone add ~5,000
+# mappings each) that the next compilation crashed with a segmentation fault. Clearing the
+# caches when a test leaves many mappings behind keeps the suite well under the limit.
+MAX_MAPPINGS_KEPT = 20_000
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    yield
+    try:
+        with open('/proc/self/maps') as f:
+            mappings = sum(1 for _ in f)
+    except OSError:   # not Linux: no such limit to watch
+        return
+    if mappings > MAX_MAPPINGS_KEPT:
+        import gc
+        jax.clear_caches()
+        gc.collect()
