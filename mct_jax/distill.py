@@ -217,17 +217,19 @@ class Distiller:
         s, model = self.s, self.model
         if s.meta_grad != 'forward' or model.stored_hvp is None:
             return ''
-        theta = jax.eval_shape(model.init, jax.random.key(0))
         local = self.batch // num_devices
-        images = jax.ShapeDtypeStruct((local,) + tuple(self.ds.x_train.shape[1:]), jnp.float32)
-        labels = jax.ShapeDtypeStruct((local,), jnp.int32)
-        need = (rollout.residual_bytes(model.stored_hvp[0], theta, images, labels)
-                * s.syn_steps * s.num_samples) / 1e9
+        # As parallel.make_meta_grad: the S rollouts share the budget.
+        store, need = rollout.residual_plan(
+            model.stored_hvp, jax.eval_shape(model.init, jax.random.key(0)),
+            jax.ShapeDtypeStruct((local,) + tuple(self.ds.x_train.shape[1:]), jnp.float32),
+            jax.ShapeDtypeStruct((local,), jnp.int32), s.syn_steps, s.remat,
+            s.residual_budget_gb * 1e9 / s.num_samples)
+        need = need * s.num_samples / 1e9
         size = f'{need:.2f} GB' if need >= 1 else f'{need * 1e3:.1f} MB'
         if s.remat:
             return (f'recomputing each student step (--remat); storing its residuals would '
                     f'take {size} per device')
-        if need <= s.residual_budget_gb:
+        if store:
             return (f'storing each student step\'s residuals: {size} per device '
                     f'(--residual_budget_gb={s.residual_budget_gb:g})')
         return (f'recomputing each student step: its residuals would take {size} per '

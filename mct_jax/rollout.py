@@ -54,6 +54,17 @@ def residual_bytes(grad_and_residuals: Callable, theta: PyTree, images, labels) 
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((grads, res)))
 
 
+def residual_plan(stored_hvp, theta: PyTree, images, labels, num_steps: int,
+                  remat: bool = False, residual_budget: float | None = None):
+    """``(store, bytes)``: whether the forward method stores the residuals of the N steps
+    (see :func:`rollout`), and how many bytes they take on this device for this minibatch
+    shape. From shapes only; nothing runs."""
+    if stored_hvp is None:
+        return False, 0
+    need = num_steps * residual_bytes(stored_hvp[0], theta, images, labels)
+    return not remat and (residual_budget is None or need <= residual_budget), need
+
+
 def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
     """Normalised parameter matching loss (METHOD.md section 4, step 3)."""
     num = sum(jnp.sum(jnp.square(a - b)) for a, b in
@@ -150,13 +161,12 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
         theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
         return theta
 
-    store = False
-    if stored_hvp is not None and not remat:
+    store, _ = residual_plan(stored_hvp, theta_start,
+                             jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
+                             jax.ShapeDtypeStruct((local,), labels.dtype), num_steps, remat,
+                             residual_budget)
+    if store:
         grad_and_residuals, hvp = stored_hvp
-        batch = (jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
-                 jax.ShapeDtypeStruct((local,), labels.dtype))
-        need = num_steps * residual_bytes(grad_and_residuals, theta_start, *batch)
-        store = residual_budget is None or need <= residual_budget
 
     # Everything the rollout depends on is an argument (nothing traced is closed over), so
     # that it composes with vmap and pmap.
