@@ -95,7 +95,8 @@ flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backwar
                      'activations; forward: instead of storing its residuals (see '
                      '--residual_budget_gb).')
 flags.DEFINE_float('residual_budget_gb', 4.0, 'Forward method: store each student step\'s '
-                   'residuals (about two first-block feature maps per image), which is faster, '
+                   'residuals (the backward pass\'s cotangents, about a third of a first-block '
+                   'feature map per image), which is faster, '
                    'while those of the N steps take at most this many GB per device; else '
                    'recompute each step. 0: always recompute.')
 flags.DEFINE_boolean('dsa', True, 'DSA augmentation in the student steps and evaluation.')

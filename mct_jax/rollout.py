@@ -238,9 +238,11 @@ def meta_loss(images, lr, apply_fn, labels, theta_start, theta_target, key, num_
     - ``'forward'`` (default): the rollout has a custom VJP. Its forward pass keeps each
       step's parameters; its backward pass walks the steps in reverse and gets each step's
       Hessian-vector products in forward mode. With ``stored_hvp`` (the ConvNet's
-      hand-written pair), the forward pass also keeps each step's residuals (about two
-      feature maps of the first block per image) and the backward pass computes only the
-      tangents from them, as long as the N steps' residuals fit ``residual_budget``.
+      hand-written pair), the forward pass also keeps each step's residuals (the student
+      backward pass's cotangents and the norms' statistics, about a third of a
+      first-block feature map per image) and the backward pass computes the tangents from
+      them and the forward convolutions, as long as the N steps' residuals fit
+      ``residual_budget``.
       Otherwise, or with ``remat``, it recomputes each step (``jax.jvp`` of the student
       gradient ``loss_grad``) and memory does not grow with N. With the ConvNet's
       hand-written gradient every derivative is a fast forward-form kernel.

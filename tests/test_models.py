@@ -257,3 +257,25 @@ def test_stored_hvp_matches_forward_mode_autodiff_float64(norm, act, pool):
             np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-13 * scale)
         np.testing.assert_allclose(got_x, want_x, rtol=1e-10,
                                    atol=1e-13 * float(jnp.max(jnp.abs(want_x))))
+
+
+@pytest.mark.parametrize('norm,pool', [('instancenorm', 'avgpool'), ('none', 'maxpool'),
+                                       ('instancenorm', 'none')])
+def test_stored_residuals_are_the_pooled_cotangents_and_norm_statistics(norm, pool):
+    """What one student step stores for loss_hvp, counted by hand: its gradient (one float per
+    parameter), per layer the cotangent of the pooled output and, with a norm, four floats
+    per image and channel (mean, 1/sqrt(var + eps), two sums), and the logits and features.
+    The layer inputs and conv outputs are not stored (loss_hvp recomputes them)."""
+    from mct_jax import rollout
+    b, width, depth, classes, side = 5, 8, 3, 10, 32
+    m = models.convnet((side, side, 3), classes, width, depth, norm, 'relu', pool)
+    params = m.init(jax.random.key(0))
+    x, y = jnp.zeros((b, side, side, 3)), jnp.zeros((b,), jnp.int32)
+    floats = models.num_params(params)
+    for _ in range(depth):
+        if pool != 'none':
+            side //= 2
+        floats += b * side * side * width                    # cotangent of the pooled output
+        floats += 4 * b * width if norm == 'instancenorm' else 0
+    floats += b * classes + b * side * side * width          # logits, flattened features
+    assert rollout.residual_bytes(m.stored_hvp[0], params, x, y) == 4 * floats
