@@ -14,7 +14,10 @@ CIFAR-shaped 32x32x3 images, 10 classes, all ``10 * ipc`` synthetic images in ev
 no augmentation on either side (so both compute exactly the same thing; the parity test
 ``tests/test_torch_parity.py`` checks they do).
 
-Reported per configuration: seconds per iteration (median of ``--repeats`` after a warm-up),
+Reported per configuration: seconds per iteration (median of at least ``--repeats``
+iterations, and of as many as fill ``--min_time``, after ``--warmup`` iterations: PyTorch's
+first iterations after the first are still slower, by up to 2x, while its allocator
+settles),
 compile time, XLA's FLOP count of the meta-gradient and the achieved GFLOP/s against the
 machine's matrix-multiply rate measured in the same run, peak resident memory of the child
 (MB) and XLA's own buffer estimate, and our time over PyTorch's. Configurations whose
@@ -83,7 +86,8 @@ VARIANTS = {  # name: (rollout.meta_loss method, remat, hand-written student gra
 RESIDUAL_BUDGET = 4e9   # the default --residual_budget_gb
 
 
-def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
+def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, warmup=2,
+              min_time=0.0):
     import jax
     import jax.numpy as jnp
     from mct_jax import distill, rollout
@@ -105,6 +109,8 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
         out['flops'] = iteration_flops(m, start, target, images, labels, steps)
     if xla_bytes > max_gb * 1e9:
         return dict(out, skipped=f'predicted {xla_bytes / 1e9:.1f} GB > --max_gb={max_gb}')
+    if not repeats:
+        return out
     tx = distill.make_optimizer(100.0, 1e-5)
     update = distill.make_update(tx)
     syn = {'images': images, 'lr': lr}
@@ -115,17 +121,18 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False):
         syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
         return jax.block_until_ready((syn, opt))
 
-    syn, opt = iteration(syn, opt, 0)  # warm-up (also compiles the update)
+    for i in range(warmup):  # the first also compiles the update
+        syn, opt = iteration(syn, opt, i)
     times = []
-    for i in range(repeats):
+    while len(times) < repeats or sum(times) < min_time:
         t0 = time.perf_counter()
-        syn, opt = iteration(syn, opt, i + 1)
+        syn, opt = iteration(syn, opt, warmup + len(times))
         times.append(time.perf_counter() - t0)
-    return dict(out, seconds=statistics.median(times), all_seconds=times,
-                peak_rss_mb=_peak_rss_mb())
+    return dict(out, seconds=statistics.median(times), min_seconds=min(times),
+                all_seconds=times, peak_rss_mb=_peak_rss_mb())
 
 
-def child_torch(width, steps, ipc, repeats, threads):
+def child_torch(width, steps, ipc, repeats, threads, warmup=2, min_time=0.0):
     import numpy as np
     import torch
     sys.path.insert(0, REPO)
@@ -148,14 +155,15 @@ def child_torch(width, steps, ipc, repeats, threads):
         opt.step()
         opt_lr.step()
 
-    iteration()
+    for _ in range(warmup):
+        iteration()
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_time:
         t0 = time.perf_counter()
         iteration()
         times.append(time.perf_counter() - t0)
-    return dict(seconds=statistics.median(times), all_seconds=times, peak_rss_mb=_peak_rss_mb(),
-                threads=torch.get_num_threads())
+    return dict(seconds=statistics.median(times), min_seconds=min(times), all_seconds=times,
+                peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
 
 
 def child_matmul():
@@ -189,7 +197,13 @@ def main():
     p.add_argument('--widths', default='32,64,128')
     p.add_argument('--steps', default='10,20,40')
     p.add_argument('--ipcs', default='1,10')
-    p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=2, help='untimed iterations before the timed ones')
+    p.add_argument('--min_time', type=float, default=3.0,
+                   help='time more than --repeats iterations until they take this many seconds '
+                        '(short iterations are noisier)')
+    p.add_argument('--variants', default=','.join(VARIANTS),
+                   help='which of ours to run (forward is always run: it is what is compared)')
     p.add_argument('--max_gb', type=float, default=12.0)
     p.add_argument('--timeout', type=int, default=1800)
     p.add_argument('--no_torch', action='store_true')
@@ -203,6 +217,10 @@ def main():
         print(json.dumps(fn(**c)))
         return
 
+    chosen = set(a.variants.split(','))
+    unknown = chosen - set(VARIANTS)
+    if unknown:
+        p.error(f'unknown --variants {sorted(unknown)}; choose from {list(VARIANTS)}')
     threads = os.cpu_count()
     matmul = _spawn({'kind': 'matmul'}, 600)
     rows = []
@@ -211,9 +229,17 @@ def main():
             for ipc in map(int, a.ipcs.split(',')):
                 row = dict(width=width, N=steps, ipc=ipc)
                 for variant in VARIANTS:
+                    if variant != 'forward' and variant not in chosen:
+                        row[variant] = dict(skipped='not in --variants')
+                        if variant == 'reverse':  # still compiled: PyTorch's memory follows it
+                            row[variant].update(_spawn(
+                                dict(kind='jax', width=width, steps=steps, ipc=ipc,
+                                     variant=variant, repeats=0, max_gb=a.max_gb), a.timeout))
+                        continue
                     row[variant] = _spawn(
                         dict(kind='jax', width=width, steps=steps, ipc=ipc, variant=variant,
-                             repeats=a.repeats, max_gb=a.max_gb,
+                             repeats=a.repeats, max_gb=a.max_gb, warmup=a.warmup,
+                             min_time=a.min_time,
                              count_flops=variant == 'forward'), a.timeout)
                 # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
                 # reverse no-remat buffers; skip what would not fit.
@@ -225,7 +251,9 @@ def main():
                                                 f' GB > --max_gb={a.max_gb}')
                 else:
                     row['torch'] = _spawn(dict(kind='torch', width=width, steps=steps, ipc=ipc,
-                                               repeats=a.repeats, threads=threads), a.timeout)
+                                               repeats=a.repeats, threads=threads,
+                                               warmup=a.warmup, min_time=a.min_time),
+                                          a.timeout)
                 torch_s = row['torch'].get('seconds')
                 for variant in VARIANTS:
                     if torch_s and 'seconds' in row[variant]:
@@ -235,24 +263,24 @@ def main():
                     row['gflops_achieved'] = flops / row['forward']['seconds'] / 1e9
                 rows.append(row)
                 print(_fmt_row(row), flush=True)
-                _save(a.out, matmul, rows)  # after every row: a long grid keeps what it has
+                _save(a.out, matmul, rows, vars(a))  # after every row: a long grid keeps what it has
     print()
     print(f"matrix multiply (XLA, float32, 2048^2): {matmul.get('gflops', float('nan')):.0f} GFLOP/s")
     print(table(rows))
 
 
-def _save(path, matmul, rows):
+def _save(path, matmul, rows, args):
     result = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                                matmul_gflops=matmul.get('gflops')),
                   note='no augmentation on either side; seconds = median of repeats after '
-                       'a warm-up; FLOPs: XLA cost analysis of the exact meta-gradient '
+                       'the warm-up iterations (min_seconds: the fastest); FLOPs: XLA cost analysis of the exact meta-gradient '
                        '(reverse method, unrolled 1- and 2-step rollouts, extrapolated to N; '
                        'no recomputation); GFLOP/s: those FLOPs over the forward method time. '
                        'Variants: forward = --meta_grad=forward (default, hand-written student '
                        'gradient, residuals stored within the default --residual_budget_gb=4), '
                        'forward_remat = with --remat (each step recomputed), reverse = '
                        '--meta_grad=reverse, reverse_remat = with --remat',
-                  rows=rows)
+                  args={k: v for k, v in args.items() if k != 'child'}, rows=rows)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         json.dump(result, f, indent=1)
@@ -260,7 +288,7 @@ def _save(path, matmul, rows):
 
 def _s(d, key='seconds', fmt='{:.2f}'):
     if 'skipped' in d:
-        return 'skip'
+        return '-' if d['skipped'] == 'not in --variants' else 'skip'
     return fmt.format(d[key]) if key in d else '-'
 
 
