@@ -298,26 +298,33 @@ def _fmt_row(r):
             f"torch {_s(r['torch'])} s")
 
 
+NAMES = {'forward': 'forward', 'forward_remat': 'forward, remat', 'reverse': 'reverse',
+         'reverse_remat': 'reverse, remat', 'torch': 'PyTorch'}
+
+
 def table(rows) -> str:
-    """Markdown table of a result list."""
-    lines = ['| width | N | ipc | forward (s) | forward, remat (s) | reverse (s) | '
-             'reverse, remat (s) | PyTorch (s) | forward / PyTorch | forward, remat / PyTorch | '
-             'reverse, remat / PyTorch | GFLOP | GFLOP/s | '
-             'peak MB: forward / forward, remat / reverse / reverse, remat / PyTorch |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    """Markdown table of a result list (only the variants that were timed)."""
+    timed = [k for k in NAMES if any('seconds' in r.get(k, {}) for r in rows)]
+    ours = [k for k in timed if k != 'torch']
+    head = (['width', 'N', 'ipc'] + [f'{NAMES[k]} (s)' for k in timed]
+            + [f'{NAMES[k]} / PyTorch' for k in ours if 'torch' in timed]
+            + (['forward / PyTorch, fastest of each'] if 'torch' in timed else [])
+            + ['GFLOP', 'GFLOP/s', 'peak MB: ' + ' / '.join(NAMES[k] for k in timed)])
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     ratio = lambda r, k: f"{r[k]:.2f}" if k in r else '-'
     for r in rows:
         flops = r['forward'].get('flops')
-        gf = f"{flops / 1e9:.0f}" if flops else '-'
-        rate = f"{r['gflops_achieved']:.0f}" if 'gflops_achieved' in r else '-'
-        mem = ' / '.join(_s(r[k], 'peak_rss_mb', '{:.0f}')
-                         for k in ('forward', 'forward_remat', 'reverse', 'reverse_remat',
-                                   'torch'))
-        lines.append(f"| {r['width']} | {r['N']} | {r['ipc']} | {_s(r['forward'])} | "
-                     f"{_s(r.get('forward_remat', {}))} | {_s(r['reverse'])} | "
-                     f"{_s(r['reverse_remat'])} | {_s(r['torch'])} | "
-                     f"{ratio(r, 'forward_over_torch')} | {ratio(r, 'forward_remat_over_torch')} | "
-                     f"{ratio(r, 'reverse_remat_over_torch')} | {gf} | {rate} | {mem} |")
+        cells = [str(r['width']), str(r['N']), str(r['ipc'])]
+        cells += [_s(r.get(k, {})) for k in timed]
+        if 'torch' in timed:
+            cells += [ratio(r, f'{k}_over_torch') for k in ours]
+            fastest = ('min_seconds' in r['forward'] and 'min_seconds' in r['torch'])
+            cells.append(f"{r['forward']['min_seconds'] / r['torch']['min_seconds']:.2f}"
+                         if fastest else '-')
+        cells += [f"{flops / 1e9:.0f}" if flops else '-',
+                  f"{r['gflops_achieved']:.0f}" if 'gflops_achieved' in r else '-',
+                  ' / '.join(_s(r.get(k, {}), 'peak_rss_mb', '{:.0f}') for k in timed)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
