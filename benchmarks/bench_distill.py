@@ -116,20 +116,29 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
     syn = {'images': images, 'lr': lr}
     opt = tx.init(syn)
 
-    def iteration(syn, opt, i):
+    state = [syn, opt]
+
+    def iteration(i):  # the first also compiles the update
+        syn, opt = state
         loss, (gi, gl) = compiled(syn['images'], syn['lr'], jax.random.fold_in(key, i))
         syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
-        return jax.block_until_ready((syn, opt))
+        state[:] = jax.block_until_ready((syn, opt))
 
-    for i in range(warmup):  # the first also compiles the update
-        syn, opt = iteration(syn, opt, i)
+    return dict(out, **_timed(iteration, repeats, warmup, min_time))
+
+
+def _timed(iteration, repeats, warmup, min_time):
+    """Runs ``iteration(i)`` for ``warmup`` untimed and then at least ``repeats`` timed
+    iterations filling ``min_time`` seconds; their median, fastest, all, and peak memory."""
+    for i in range(warmup):
+        iteration(i)
     times = []
     while len(times) < repeats or sum(times) < min_time:
         t0 = time.perf_counter()
-        syn, opt = iteration(syn, opt, warmup + len(times))
+        iteration(warmup + len(times))
         times.append(time.perf_counter() - t0)
-    return dict(out, seconds=statistics.median(times), min_seconds=min(times),
-                all_seconds=times, peak_rss_mb=_peak_rss_mb())
+    return dict(seconds=statistics.median(times), min_seconds=min(times), all_seconds=times,
+                peak_rss_mb=_peak_rss_mb())
 
 
 def child_torch(width, steps, ipc, repeats, threads, warmup=2, min_time=0.0):
@@ -148,22 +157,14 @@ def child_torch(width, steps, ipc, repeats, threads, warmup=2, min_time=0.0):
     opt = torch.optim.SGD([t_img], lr=100.0, momentum=0.5)
     opt_lr = torch.optim.SGD([t_lr], lr=1e-5, momentum=0.5)
 
-    def iteration():
+    def iteration(_):
         _, gi, gl = torch_reference.meta_loss_and_grads(net, t_img, t_labels, t_lr, t_start,
                                                         t_target, steps)
         t_img.grad, t_lr.grad = gi, gl
         opt.step()
         opt_lr.step()
 
-    for _ in range(warmup):
-        iteration()
-    times = []
-    while len(times) < repeats or sum(times) < min_time:
-        t0 = time.perf_counter()
-        iteration()
-        times.append(time.perf_counter() - t0)
-    return dict(seconds=statistics.median(times), min_seconds=min(times), all_seconds=times,
-                peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
+    return dict(_timed(iteration, repeats, warmup, min_time), threads=torch.get_num_threads())
 
 
 def child_matmul():
