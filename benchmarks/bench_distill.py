@@ -82,6 +82,9 @@ VARIANTS = {  # name: (rollout.meta_loss method, remat, hand-written student gra
     'forward_remat': ('forward', True, True),   # --meta_grad=forward --remat
     'reverse': ('reverse', False, False),       # --meta_grad=reverse
     'reverse_remat': ('reverse', True, False),  # --meta_grad=reverse --remat
+    # the default on one XLA CPU device per core (--cpu_devices), through mct_jax.parallel
+    # as distill runs it: each student step's minibatch split across them
+    'forward_devices': ('forward', False, True),
 }
 RESIDUAL_BUDGET = 4e9   # the default --residual_budget_gb
 
@@ -95,6 +98,9 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
     lr = jnp.float32(0.01)
     key = jax.random.key(0)
     method, remat, hand = VARIANTS[variant]
+    if variant == 'forward_devices':
+        return _child_devices(m, start, target, images, labels, lr, key, steps, repeats,
+                              warmup, min_time)
     grad_fn = jax.jit(lambda im, r, k: jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
         im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat,
         method=method, loss_grad=m.loss_grad if hand else None,
@@ -125,6 +131,34 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
         state[:] = jax.block_until_ready((syn, opt))
 
     return dict(out, **_timed(iteration, repeats, warmup, min_time))
+
+
+def _child_devices(m, start, target, images, labels, lr, key, steps, repeats, warmup,
+                   min_time):
+    """The forward variant through :func:`mct_jax.parallel.make_meta_grad` on all devices."""
+    import jax
+    from mct_jax import distill, parallel
+    meta_grad = parallel.make_meta_grad(m.apply, steps, images.shape[0], False,
+                                        loss_grad=m.loss_grad, stored_hvp=m.stored_hvp,
+                                        residual_budget=RESIDUAL_BUDGET)
+    one = lambda tree: jax.tree.map(lambda a: a[None], tree)   # S = 1 sample
+    tx = distill.make_optimizer(100.0, 1e-5)
+    update = distill.make_update(tx)
+    syn = {'images': images, 'lr': lr}
+    state = [syn, tx.init(syn)]
+
+    def iteration(i):
+        syn, opt = state
+        loss, gi, gl = meta_grad(syn['images'], syn['lr'], labels, one(start), one(target),
+                                 one(jax.random.fold_in(key, i)))
+        syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
+        state[:] = jax.block_until_ready((syn, opt))
+
+    t0 = time.perf_counter()
+    iteration(0)   # compiles (the other variants compile before their warm-ups)
+    compile_s = time.perf_counter() - t0
+    return dict(_timed(lambda i: iteration(i + 1), repeats, warmup, min_time),
+                compile_s=compile_s, devices=jax.device_count())
 
 
 def _timed(iteration, repeats, warmup, min_time):
@@ -182,10 +216,15 @@ def child_matmul():
     return dict(gflops=2 * n ** 3 / best / 1e9)
 
 
-def _spawn(args, timeout):
+def _spawn(args, timeout, devices=None):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps(args)]
+    env = dict(os.environ)
+    if devices:  # XLA's CPU client: this many devices (set before JAX starts)
+        env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                            f' --xla_force_host_platform_device_count={devices}').strip()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=env)
     except subprocess.TimeoutExpired:
         return dict(skipped=f'timed out after {timeout} s')
     if proc.returncode:
@@ -203,6 +242,8 @@ def main():
     p.add_argument('--min_time', type=float, default=3.0,
                    help='time more than --repeats iterations until they take this many seconds '
                         '(short iterations are noisier)')
+    p.add_argument('--cpu_devices', type=int, default=os.cpu_count(),
+                   help='XLA CPU devices for the forward_devices variant (one per core)')
     p.add_argument('--variants', default=','.join(VARIANTS),
                    help='which of ours to run (forward is always run: it is what is compared)')
     p.add_argument('--max_gb', type=float, default=12.0)
@@ -241,7 +282,8 @@ def main():
                         dict(kind='jax', width=width, steps=steps, ipc=ipc, variant=variant,
                              repeats=a.repeats, max_gb=a.max_gb, warmup=a.warmup,
                              min_time=a.min_time,
-                             count_flops=variant == 'forward'), a.timeout)
+                             count_flops=variant == 'forward'), a.timeout,
+                        devices=a.cpu_devices if variant == 'forward_devices' else None)
                 # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
                 # reverse no-remat buffers; skip what would not fit.
                 predicted = 0.6 * row['reverse'].get('xla_gb', 0)
@@ -300,7 +342,8 @@ def _fmt_row(r):
 
 
 NAMES = {'forward': 'forward', 'forward_remat': 'forward, remat', 'reverse': 'reverse',
-         'reverse_remat': 'reverse, remat', 'torch': 'PyTorch'}
+         'reverse_remat': 'reverse, remat', 'forward_devices': 'forward, one device per core',
+         'torch': 'PyTorch'}
 
 
 def table(rows) -> str:
