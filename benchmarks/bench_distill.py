@@ -336,9 +336,9 @@ def _s(d, key='seconds', fmt='{:.2f}'):
 
 
 def _fmt_row(r):
-    return (f"width {r['width']} N {r['N']} ipc {r['ipc']}: forward {_s(r['forward'])} s, "
-            f"forward+remat {_s(r['forward_remat'])} s, reverse {_s(r['reverse'])} s, reverse+remat {_s(r['reverse_remat'])} s, "
-            f"torch {_s(r['torch'])} s")
+    timed = ', '.join(f"{NAMES[k]} {_s(r[k])} s" for k in NAMES
+                      if k in r and r[k].get('skipped') != 'not in --variants')
+    return f"width {r['width']} N {r['N']} ipc {r['ipc']}: {timed}"
 
 
 NAMES = {'forward': 'forward', 'forward_remat': 'forward, remat', 'reverse': 'reverse',

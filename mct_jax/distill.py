@@ -197,6 +197,13 @@ class Distiller:
             s.meta_grad, model.stored_hvp, s.residual_budget_gb * 1e9)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
         self.residual_plan = self._residual_plan(len(devices or jax.devices()))
+        every = list(devices or jax.devices())
+        per = self.batch // len(every)
+        self.device_plan = (f'{len(every)} {every[0].platform.upper()} '
+                            f'device{"s" if len(every) > 1 else ""}'
+                            + (f' in {jax.process_count()} processes'
+                               if jax.process_count() > 1 else '')
+                            + f', {per} of each step\'s {self.batch} synthetic images on each')
         self.devices = [d for d in (devices or jax.devices())
                         if d.process_index == jax.process_index()]   # this process's
         # Multi-process runs: every process runs the same loop on the same state; process 0
@@ -386,6 +393,8 @@ class Distiller:
             os.makedirs(self.out_dir, exist_ok=True)
         self._check_out_dir()
         syn, opt_state, labels = self.initial_state()
+        if self.primary:
+            logging.info('Devices: %s.', self.device_plan)
         if self.residual_plan and self.primary:
             logging.info('Meta-gradient: %s.', self.residual_plan)
         metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')

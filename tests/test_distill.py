@@ -318,11 +318,20 @@ def test_the_residual_plan_is_stated(tmp_path, tiny_experts):
     for over in (dict(), dict(residual_budget_gb=0), dict(remat=True),
                  dict(meta_grad='reverse')):
         s = distill.Settings(ipc=2, syn_steps=3, expert_epochs=1, max_start_epoch=1, **over)
-        plans[tuple(over)] = distill.Distiller(s, m, ds, trajs, str(tmp_path / 'r'), {},
-                                               jax.local_devices()[:1]).residual_plan
+        d = distill.Distiller(s, m, ds, trajs, str(tmp_path / 'r'), {}, jax.local_devices()[:1])
+        plans[tuple(over)] = d.residual_plan
+        # and on how many devices it runs, and each one's share of a student step's images
+        assert d.device_plan == (f'1 {jax.local_devices()[0].platform.upper()} device, '
+                                 f"20 of each step's 20 synthetic images on each")
     assert plans[()].startswith("storing each student step's residuals: ")
     assert plans[()].endswith('B per device (--residual_budget_gb=4)')
     assert plans[('residual_budget_gb',)].startswith('recomputing each student step: ')
     assert '> --residual_budget_gb=0' in plans[('residual_budget_gb',)]
     assert plans[('remat',)].startswith('recomputing each student step (--remat)')
     assert plans[('meta_grad',)] == ''
+    two = distill.Distiller(distill.Settings(ipc=2, syn_steps=3, expert_epochs=1,
+                                             max_start_epoch=1), m, ds, trajs,
+                            str(tmp_path / 'r'), {}, jax.local_devices()[:2])
+    platform = jax.local_devices()[0].platform.upper()
+    assert two.device_plan == f"2 {platform} devices, 10 of each step's 20 synthetic images on each"
+    assert two.residual_plan.endswith('B per device (--residual_budget_gb=4)')
