@@ -93,7 +93,7 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
               min_time=0.0):
     import jax
     import jax.numpy as jnp
-    from mct_jax import distill, rollout
+    from mct_jax import rollout
     m, start, target, images, labels = _inputs(width, ipc)
     lr = jnp.float32(0.01)
     key = jax.random.key(0)
@@ -117,31 +117,21 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
         return dict(out, skipped=f'predicted {xla_bytes / 1e9:.1f} GB > --max_gb={max_gb}')
     if not repeats:
         return out
-    tx = distill.make_optimizer(100.0, 1e-5)
-    update = distill.make_update(tx)
-    syn = {'images': images, 'lr': lr}
-    opt = tx.init(syn)
 
-    state = [syn, opt]
+    def grads(images, lr, i):
+        loss, (gi, gl) = compiled(images, lr, jax.random.fold_in(key, i))
+        return loss, gi, gl
 
-    def iteration(i):  # the first also compiles the update
-        syn, opt = state
-        loss, (gi, gl) = compiled(syn['images'], syn['lr'], jax.random.fold_in(key, i))
-        syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
-        state[:] = jax.block_until_ready((syn, opt))
-
-    return dict(out, **_timed(iteration, repeats, warmup, min_time))
+    # the first iteration also compiles the update
+    return dict(out, **_timed(_iteration(grads, images, lr), repeats, warmup, min_time))
 
 
-def _child_devices(m, start, target, images, labels, lr, key, steps, repeats, warmup,
-                   min_time):
-    """The forward variant through :func:`mct_jax.parallel.make_meta_grad` on all devices."""
+def _iteration(grads, images, lr):
+    """``iteration(i)``: one outer iteration, the meta-gradient
+    ``grads(images, lr, i) -> (loss, grad_images, grad_lr)`` and distill's update of the
+    synthetic set (SGD with momentum), carried from call to call."""
     import jax
-    from mct_jax import distill, parallel
-    meta_grad = parallel.make_meta_grad(m.apply, steps, images.shape[0], False,
-                                        loss_grad=m.loss_grad, stored_hvp=m.stored_hvp,
-                                        residual_budget=RESIDUAL_BUDGET)
-    one = lambda tree: jax.tree.map(lambda a: a[None], tree)   # S = 1 sample
+    from mct_jax import distill
     tx = distill.make_optimizer(100.0, 1e-5)
     update = distill.make_update(tx)
     syn = {'images': images, 'lr': lr}
@@ -149,10 +139,24 @@ def _child_devices(m, start, target, images, labels, lr, key, steps, repeats, wa
 
     def iteration(i):
         syn, opt = state
-        loss, gi, gl = meta_grad(syn['images'], syn['lr'], labels, one(start), one(target),
-                                 one(jax.random.fold_in(key, i)))
+        loss, gi, gl = grads(syn['images'], syn['lr'], i)
         syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
         state[:] = jax.block_until_ready((syn, opt))
+    return iteration
+
+
+def _child_devices(m, start, target, images, labels, lr, key, steps, repeats, warmup,
+                   min_time):
+    """The forward variant through :func:`mct_jax.parallel.make_meta_grad` on all devices."""
+    import jax
+    from mct_jax import parallel
+    meta_grad = parallel.make_meta_grad(m.apply, steps, images.shape[0], False,
+                                        loss_grad=m.loss_grad, stored_hvp=m.stored_hvp,
+                                        residual_budget=RESIDUAL_BUDGET)
+    one = lambda tree: jax.tree.map(lambda a: a[None], tree)   # S = 1 sample
+    iteration = _iteration(lambda images, lr, i: meta_grad(
+        images, lr, labels, one(start), one(target), one(jax.random.fold_in(key, i))),
+        images, lr)
 
     t0 = time.perf_counter()
     iteration(0)   # compiles (the other variants compile before their warm-ups)

@@ -192,19 +192,19 @@ class Distiller:
         self.progress, self.tensorboard, self.pictures = progress, tensorboard, pictures
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
+        every = list(devices or jax.devices())   # of all processes
         self.meta_grad = parallel.make_meta_grad(
-            model.apply, s.syn_steps, self.batch, s.dsa, s.remat, devices, model.loss_grad,
+            model.apply, s.syn_steps, self.batch, s.dsa, s.remat, every, model.loss_grad,
             s.meta_grad, model.stored_hvp, s.residual_budget_gb * 1e9)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
-        self.residual_plan = self._residual_plan(len(devices or jax.devices()))
-        every = list(devices or jax.devices())
+        self.residual_plan = self._residual_plan(len(every))
         per = self.batch // len(every)
         self.device_plan = (f'{len(every)} {every[0].platform.upper()} '
                             f'device{"s" if len(every) > 1 else ""}'
                             + (f' in {jax.process_count()} processes'
                                if jax.process_count() > 1 else '')
                             + f', {per} of each step\'s {self.batch} synthetic images on each')
-        self.devices = [d for d in (devices or jax.devices())
+        self.devices = [d for d in every
                         if d.process_index == jax.process_index()]   # this process's
         # Multi-process runs: every process runs the same loop on the same state; process 0
         # alone writes files (the output folder must be shared for resuming).

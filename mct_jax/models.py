@@ -351,7 +351,7 @@ def loss_grad_and_residuals(params: Params, x, labels, act='relu', pool='avgpool
       two per-sample sums of the backward pass; and the logits and flattened features:
       about one pooled first-block feature map per image. :func:`loss_hvp` recomputes the
       layer inputs and conv outputs from the images (one convolution per layer). Storing
-      those as well took 3x the memory and was no faster: 1.00x / 0.99x / 1.10x the time at
+      those as well took 3x the memory and was no faster: 1.02x / 1.00x / 1.10x the time at
       width 32 / 64 / 128 (N 20, ipc 10, on the 2-core CPU), as reading them back costs
       about what recomputing them does.
     """
