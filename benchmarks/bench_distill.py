@@ -23,6 +23,11 @@ machine's matrix-multiply rate measured in the same run, peak resident memory of
 (MB) and XLA's own buffer estimate, and our time over PyTorch's. Configurations whose
 predicted memory exceeds ``--max_gb`` are skipped and marked so. Results go to a Markdown
 table on stdout and to JSON (``--out``).
+
+``--rounds=R`` runs each configuration's children R times, in turn (ours, then PyTorch,
+then ours again...), because on a shared machine one side's speed drifts from minute to
+minute: the ratio is then the median of the R ratios of the same round, and the table
+shows their range (seconds: the median over the rounds).
 """
 
 from __future__ import annotations
@@ -182,7 +187,6 @@ def _timed(iteration, repeats, warmup, min_time):
 def child_torch(width, steps, ipc, repeats, threads, warmup=2, min_time=0.0):
     import numpy as np
     import torch
-    sys.path.insert(0, REPO)
     from benchmarks import torch_reference
     torch.set_num_threads(threads)
     m, start, target, images, labels = _inputs(width, ipc)
@@ -223,6 +227,8 @@ def child_matmul():
 def _spawn(args, timeout, devices=None):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps(args)]
     env = dict(os.environ)
+    # the children import mct_jax and benchmarks from this checkout, installed or not
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO, env.get('PYTHONPATH')]))
     if devices:  # XLA's CPU client: this many devices (set before JAX starts)
         env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                             f' --xla_force_host_platform_device_count={devices}').strip()
@@ -243,6 +249,9 @@ def main():
     p.add_argument('--ipcs', default='1,10')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=2, help='untimed iterations before the timed ones')
+    p.add_argument('--rounds', type=int, default=1,
+                   help='run each configuration this many times, ours and PyTorch in turn; '
+                        'ratios: the median of the per-round ratios')
     p.add_argument('--min_time', type=float, default=3.0,
                    help='time more than --repeats iterations until they take this many seconds '
                         '(short iterations are noisier)')
@@ -274,37 +283,49 @@ def main():
         for steps in map(int, a.steps.split(',')):
             for ipc in map(int, a.ipcs.split(',')):
                 row = dict(width=width, N=steps, ipc=ipc)
+                runs = {k: [] for k in NAMES}   # each side's child results, round by round
+                for rnd in range(a.rounds):
+                    for variant in VARIANTS:
+                        if variant != 'forward' and variant not in chosen:
+                            if rnd == 0:
+                                row[variant] = dict(skipped='not in --variants')
+                            if variant == 'reverse' and rnd == 0:
+                                # still compiled: PyTorch's memory follows it
+                                row[variant].update(_spawn(
+                                    dict(kind='jax', width=width, steps=steps, ipc=ipc,
+                                         variant=variant, repeats=0, max_gb=a.max_gb),
+                                    a.timeout))
+                            continue
+                        runs[variant].append(_spawn(
+                            dict(kind='jax', width=width, steps=steps, ipc=ipc,
+                                 variant=variant, repeats=a.repeats, max_gb=a.max_gb,
+                                 warmup=a.warmup, min_time=a.min_time,
+                                 count_flops=variant == 'forward' and rnd == 0), a.timeout,
+                            devices=a.cpu_devices if variant == 'forward_devices' else None))
+                    # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
+                    # reverse no-remat buffers; skip what would not fit.
+                    reverse = runs['reverse'][0] if runs['reverse'] else row['reverse']
+                    predicted = 0.6 * reverse.get('xla_gb', 0)
+                    if a.no_torch:
+                        runs['torch'].append(dict(skipped='--no_torch'))
+                    elif predicted > a.max_gb:
+                        runs['torch'].append(dict(
+                            skipped=f'graph of all N steps predicted ~{predicted:.0f} GB > '
+                                    f'--max_gb={a.max_gb}'))
+                    else:
+                        runs['torch'].append(_spawn(
+                            dict(kind='torch', width=width, steps=steps, ipc=ipc,
+                                 repeats=a.repeats, threads=threads, warmup=a.warmup,
+                                 min_time=a.min_time), a.timeout))
+                for variant, results in runs.items():
+                    if results:
+                        row[variant] = combine_rounds(results)
                 for variant in VARIANTS:
-                    if variant != 'forward' and variant not in chosen:
-                        row[variant] = dict(skipped='not in --variants')
-                        if variant == 'reverse':  # still compiled: PyTorch's memory follows it
-                            row[variant].update(_spawn(
-                                dict(kind='jax', width=width, steps=steps, ipc=ipc,
-                                     variant=variant, repeats=0, max_gb=a.max_gb), a.timeout))
-                        continue
-                    row[variant] = _spawn(
-                        dict(kind='jax', width=width, steps=steps, ipc=ipc, variant=variant,
-                             repeats=a.repeats, max_gb=a.max_gb, warmup=a.warmup,
-                             min_time=a.min_time,
-                             count_flops=variant == 'forward'), a.timeout,
-                        devices=a.cpu_devices if variant == 'forward_devices' else None)
-                # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
-                # reverse no-remat buffers; skip what would not fit.
-                predicted = 0.6 * row['reverse'].get('xla_gb', 0)
-                if a.no_torch:
-                    row['torch'] = dict(skipped='--no_torch')
-                elif predicted > a.max_gb:
-                    row['torch'] = dict(skipped=f'graph of all N steps predicted ~{predicted:.0f}'
-                                                f' GB > --max_gb={a.max_gb}')
-                else:
-                    row['torch'] = _spawn(dict(kind='torch', width=width, steps=steps, ipc=ipc,
-                                               repeats=a.repeats, threads=threads,
-                                               warmup=a.warmup, min_time=a.min_time),
-                                          a.timeout)
-                torch_s = row['torch'].get('seconds')
-                for variant in VARIANTS:
-                    if torch_s and 'seconds' in row[variant]:
-                        row[f'{variant}_over_torch'] = row[variant]['seconds'] / torch_s
+                    ratios = round_ratios(runs[variant], runs['torch'])
+                    if ratios:
+                        row[f'{variant}_over_torch'] = statistics.median(ratios)
+                        if len(ratios) > 1:
+                            row[f'{variant}_over_torch_rounds'] = ratios
                 flops = row['forward'].get('flops')
                 if flops and 'seconds' in row['forward']:
                     row['gflops_achieved'] = flops / row['forward']['seconds'] / 1e9
@@ -314,6 +335,35 @@ def main():
     print()
     print(f"matrix multiply (XLA, float32, 2048^2): {matmul.get('gflops', float('nan')):.0f} GFLOP/s")
     print(table(rows))
+
+
+def combine_rounds(results):
+    """One side's child results over the rounds, as one entry.
+
+    With one round, that round's result. Otherwise the first timed round's fields (compile
+    time, FLOPs, memory estimates), with ``seconds`` and ``min_seconds`` the median and the
+    fastest over the rounds, ``peak_rss_mb`` the largest, and ``rounds`` each round's
+    seconds; if a round failed, the entry says so and keeps the others' times.
+    """
+    timed = [r for r in results if 'seconds' in r]
+    if len(results) == 1 or not timed:
+        return results[0]
+    out = dict(timed[0])
+    out.update(seconds=statistics.median(r['seconds'] for r in timed),
+               min_seconds=min(r['min_seconds'] for r in timed),
+               peak_rss_mb=max(r['peak_rss_mb'] for r in timed),
+               rounds=[r['seconds'] for r in timed])
+    out.pop('all_seconds', None)
+    failed = [r['skipped'] for r in results if 'seconds' not in r]
+    if failed:
+        out['failed_rounds'] = failed
+    return out
+
+
+def round_ratios(ours, theirs):
+    """Our seconds over PyTorch's, for each round in which both sides were timed."""
+    return [a['seconds'] / b['seconds'] for a, b in zip(ours, theirs)
+            if 'seconds' in a and 'seconds' in b]
 
 
 def _save(path, matmul, rows, args):
@@ -354,12 +404,19 @@ def table(rows) -> str:
     """Markdown table of a result list (only the variants that were timed)."""
     timed = [k for k in NAMES if any('seconds' in r.get(k, {}) for r in rows)]
     ours = [k for k in timed if k != 'torch']
+    rounds = any(k.endswith('_rounds') for r in rows for k in r)
     head = (['width', 'N', 'ipc'] + [f'{NAMES[k]} (s)' for k in timed]
-            + [f'{NAMES[k]} / PyTorch' for k in ours if 'torch' in timed]
+            + [f'{NAMES[k]} / PyTorch' + (' (range over rounds)' if rounds else '')
+               for k in ours if 'torch' in timed]
             + (['forward / PyTorch, fastest of each'] if 'torch' in timed else [])
             + ['GFLOP', 'GFLOP/s', 'peak MB: ' + ' / '.join(NAMES[k] for k in timed)])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    ratio = lambda r, k: f"{r[k]:.2f}" if k in r else '-'
+    def ratio(r, k):
+        if k not in r:
+            return '-'
+        spread = r.get(f'{k}_rounds')
+        return (f"{r[k]:.2f} ({min(spread):.2f}-{max(spread):.2f})" if spread
+                else f"{r[k]:.2f}")
     for r in rows:
         flops = r['forward'].get('flops')
         cells = [str(r['width']), str(r['N']), str(r['ipc'])]
