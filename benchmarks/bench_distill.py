@@ -276,6 +276,8 @@ def main():
     unknown = chosen - set(VARIANTS)
     if unknown:
         p.error(f'unknown --variants {sorted(unknown)}; choose from {list(VARIANTS)}')
+    if a.rounds < 1:
+        p.error(f'--rounds={a.rounds}: each configuration needs at least one round')
     threads = os.cpu_count()
     matmul = _spawn({'kind': 'matmul'}, 600)
     rows = []

@@ -81,3 +81,10 @@ def test_two_rounds_end_to_end(tmp_path):
         pytest.approx(ratios)
     assert row['reverse']['skipped'] == 'not in --variants' and row['reverse']['xla_gb'] > 0
     assert '(range over rounds)' in proc.stdout
+
+
+def test_rounds_must_be_at_least_one():
+    proc = subprocess.run([sys.executable, 'benchmarks/bench_distill.py', '--rounds=0'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert '--rounds=0: each configuration needs at least one round' in proc.stderr
