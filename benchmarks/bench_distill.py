@@ -285,44 +285,40 @@ def main():
         for steps in map(int, a.steps.split(',')):
             for ipc in map(int, a.ipcs.split(',')):
                 row = dict(width=width, N=steps, ipc=ipc)
-                runs = {k: [] for k in NAMES}   # each side's child results, round by round
+                ours = [v for v in VARIANTS if v == 'forward' or v in chosen]
+                for variant in VARIANTS:
+                    if variant not in ours:
+                        row[variant] = dict(skipped='not in --variants')
+                if 'reverse' not in ours:   # still compiled: PyTorch's memory follows it
+                    row['reverse'] = {**_spawn(dict(kind='jax', width=width, steps=steps,
+                                                    ipc=ipc, variant='reverse', repeats=0,
+                                                    max_gb=a.max_gb), a.timeout),
+                                      'skipped': 'not in --variants'}
+                runs = {k: [] for k in ours + ['torch']}   # child results, round by round
+                torch_skip = None
                 for rnd in range(a.rounds):
-                    for variant in VARIANTS:
-                        if variant != 'forward' and variant not in chosen:
-                            if rnd == 0:
-                                row[variant] = dict(skipped='not in --variants')
-                            if variant == 'reverse' and rnd == 0:
-                                # still compiled: PyTorch's memory follows it
-                                row[variant].update(_spawn(
-                                    dict(kind='jax', width=width, steps=steps, ipc=ipc,
-                                         variant=variant, repeats=0, max_gb=a.max_gb),
-                                    a.timeout))
-                            continue
+                    for variant in ours:
                         runs[variant].append(_spawn(
                             dict(kind='jax', width=width, steps=steps, ipc=ipc,
                                  variant=variant, repeats=a.repeats, max_gb=a.max_gb,
                                  warmup=a.warmup, min_time=a.min_time,
                                  count_flops=variant == 'forward' and rnd == 0), a.timeout,
                             devices=a.cpu_devices if variant == 'forward_devices' else None))
-                    # PyTorch keeps the graph of all N steps, measured at about 0.6x of our
-                    # reverse no-remat buffers; skip what would not fit.
-                    reverse = runs['reverse'][0] if runs['reverse'] else row['reverse']
-                    predicted = 0.6 * reverse.get('xla_gb', 0)
-                    if a.no_torch:
-                        runs['torch'].append(dict(skipped='--no_torch'))
-                    elif predicted > a.max_gb:
-                        runs['torch'].append(dict(
-                            skipped=f'graph of all N steps predicted ~{predicted:.0f} GB > '
-                                    f'--max_gb={a.max_gb}'))
-                    else:
-                        runs['torch'].append(_spawn(
-                            dict(kind='torch', width=width, steps=steps, ipc=ipc,
-                                 repeats=a.repeats, threads=threads, warmup=a.warmup,
-                                 min_time=a.min_time), a.timeout))
-                for variant, results in runs.items():
-                    if results:
-                        row[variant] = combine_rounds(results)
-                for variant in VARIANTS:
+                    if torch_skip is None:
+                        # PyTorch keeps the graph of all N steps, measured at about 0.6x of
+                        # our reverse no-remat buffers; skip what would not fit.
+                        reverse = runs['reverse'][0] if 'reverse' in runs else row['reverse']
+                        predicted = 0.6 * reverse.get('xla_gb', 0)
+                        torch_skip = ('--no_torch' if a.no_torch else
+                                      f'graph of all N steps predicted ~{predicted:.0f} GB > '
+                                      f'--max_gb={a.max_gb}' if predicted > a.max_gb else '')
+                    runs['torch'].append(dict(skipped=torch_skip) if torch_skip else _spawn(
+                        dict(kind='torch', width=width, steps=steps, ipc=ipc,
+                             repeats=a.repeats, threads=threads, warmup=a.warmup,
+                             min_time=a.min_time), a.timeout))
+                for side, results in runs.items():
+                    row[side] = combine_rounds(results)
+                for variant in ours:
                     ratios = round_ratios(runs[variant], runs['torch'])
                     if ratios:
                         row[f'{variant}_over_torch'] = statistics.median(ratios)
