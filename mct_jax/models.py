@@ -50,7 +50,23 @@ Params = dict[str, Any]
 
 NORMS = ('instancenorm', 'none')
 LEAKY_SLOPE = 0.01
-ACTIVATIONS = {'relu': jax.nn.relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
+
+
+def relu(z):
+    """max(z, 0), written as z times its mask (z > 0): the same values and derivative as
+    ``jax.nn.relu`` for every finite z (negative inputs give -0.0); -inf, which only a
+    diverged run reaches, gives NaN, which the run's non-finite checks report.
+
+    As ``maximum(z, 0)`` it shares the broadcast zero with the derivative's ``z > 0``, and
+    XLA:CPU then writes out that zero as a full feature map for the pooling fusion that
+    reads it (two of the first block's 32x32 maps per student step). Written as a product,
+    the meta-gradient took 0.92x / 0.96x / 0.91x the time at width 32 / 64 / 128 (N 10,
+    ipc 10, one process, same results to every printed digit).
+    """
+    return z * (z > 0).astype(z.dtype)
+
+
+ACTIVATIONS = {'relu': relu, 'leakyrelu': lambda x: jax.nn.leaky_relu(x, LEAKY_SLOPE),
                'sigmoid': jax.nn.sigmoid}
 POOLS = ('avgpool', 'maxpool', 'none')
 INSTANCE_NORM_EPS = 1e-5

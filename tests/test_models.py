@@ -279,3 +279,18 @@ def test_stored_residuals_are_the_pooled_cotangents_and_norm_statistics(norm, po
         floats += 4 * b * width if norm == 'instancenorm' else 0
     floats += b * classes + b * side * side * width          # logits, flattened features
     assert rollout.residual_bytes(m.stored_hvp[0], params, x, y) == 4 * floats
+
+
+def test_relu_as_masked_product_matches_maximum_and_its_derivative():
+    z = np.array([-2.5, -1e-30, -0.0, 0.0, 1e-30, 3.0, np.inf, np.nan], np.float32)
+    got = np.asarray(models.relu(jnp.asarray(z)))
+    np.testing.assert_array_equal(got, np.maximum(z, np.float32(0)))  # -0.0 == 0.0; NaN stays
+    # -inf (only ever reached after a divergence) becomes NaN rather than 0, so it is not
+    # silently hidden: the run's non-finite check reports it.
+    assert np.isnan(np.asarray(models.relu(jnp.float32(-np.inf))))
+    # Derivative: 1 where z > 0, else 0, including at 0 (as jax.nn.relu).
+    zf = jnp.asarray(z[np.isfinite(z)])
+    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(models.relu))(zf)),
+                                  np.asarray(jax.vmap(jax.grad(jax.nn.relu))(zf)))
+    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(models.relu))(zf)),
+                                  (np.asarray(zf) > 0).astype(np.float32))
