@@ -290,7 +290,6 @@ def test_relu_as_masked_product_matches_maximum_and_its_derivative():
     assert np.isnan(np.asarray(models.relu(jnp.float32(-np.inf))))
     # Derivative: 1 where z > 0, else 0, including at 0 (as jax.nn.relu).
     zf = jnp.asarray(z[np.isfinite(z)])
-    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(models.relu))(zf)),
-                                  np.asarray(jax.vmap(jax.grad(jax.nn.relu))(zf)))
-    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(models.relu))(zf)),
-                                  (np.asarray(zf) > 0).astype(np.float32))
+    grad = np.asarray(jax.vmap(jax.grad(models.relu))(zf))
+    np.testing.assert_array_equal(grad, np.asarray(jax.vmap(jax.grad(jax.nn.relu))(zf)))
+    np.testing.assert_array_equal(grad, (np.asarray(zf) > 0).astype(np.float32))
