@@ -70,19 +70,29 @@ def iteration_flops(m, start, target, images, labels, steps):
     import jax
     import jax.numpy as jnp
     from mct_jax import rollout
+    # The reverse method through autodiff of apply, one student step per rollout call:
+    # chaining n one-step rollouts unrolls n steps from public pieces.
+    student = m._replace(loss_grad=None, stored_hvp=None)
+    one_step = rollout.RolloutOptions(1, images.shape[0], use_dsa=False, method='reverse')
+
+    def loss(syn, k, n):
+        theta = start
+        for i in range(n):
+            theta = rollout.rollout(student, theta, syn, labels, jax.random.fold_in(k, i),
+                                    one_step)
+        return rollout.matching_loss(theta, start, target)
 
     def count(n):
-        f = jax.jit(lambda im, r, k: jax.grad(rollout.meta_loss, argnums=(0, 1))(
-            im, r, m.apply, labels, start, target, k, n, images.shape[0], False, False,
-            unroll=True))
-        cost = f.lower(images, jnp.float32(0.01), jax.random.key(0)).compile().cost_analysis()
+        f = jax.jit(lambda syn, k: jax.grad(loss)(syn, k, n))
+        syn = {'images': images, 'lr': jnp.float32(0.01)}
+        cost = f.lower(syn, jax.random.key(0)).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         return float(cost.get('flops', float('nan')))
     f1, f2 = count(1), count(2)
     return f1 + (steps - 1) * (f2 - f1)
 
 
-VARIANTS = {  # name: (rollout.meta_loss method, remat, hand-written student gradient)
+VARIANTS = {  # name: (RolloutOptions.method, remat, hand-written student gradient)
     'forward': ('forward', False, True),        # the default (--meta_grad=forward)
     'forward_remat': ('forward', True, True),   # --meta_grad=forward --remat
     'reverse': ('reverse', False, False),       # --meta_grad=reverse
@@ -106,12 +116,13 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
     if variant == 'forward_devices':
         return _child_devices(m, start, target, images, labels, lr, key, steps, repeats,
                               warmup, min_time)
-    grad_fn = jax.jit(lambda im, r, k: jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
-        im, r, m.apply, labels, start, target, k, steps, images.shape[0], False, remat,
-        method=method, loss_grad=m.loss_grad if hand else None,
-        stored_hvp=m.stored_hvp if hand else None, residual_budget=RESIDUAL_BUDGET))
+    student = m if hand else m._replace(loss_grad=None, stored_hvp=None)
+    options = rollout.RolloutOptions(steps, images.shape[0], False, method, remat,
+                                     RESIDUAL_BUDGET)
+    grad_fn = jax.jit(lambda syn, k: jax.value_and_grad(rollout.meta_loss)(
+        syn, labels, start, target, k, student, options))
     t0 = time.perf_counter()
-    compiled = grad_fn.lower(images, lr, key).compile()
+    compiled = grad_fn.lower({'images': images, 'lr': lr}, key).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     xla_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
@@ -123,9 +134,8 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
     if not repeats:
         return out
 
-    def grads(images, lr, i):
-        loss, (gi, gl) = compiled(images, lr, jax.random.fold_in(key, i))
-        return loss, gi, gl
+    def grads(syn, i):
+        return compiled(syn, jax.random.fold_in(key, i))
 
     # the first iteration also compiles the update
     return dict(out, **_timed(_iteration(grads, images, lr), repeats, warmup, min_time))
@@ -133,8 +143,8 @@ def child_jax(width, steps, ipc, variant, repeats, max_gb, count_flops=False, wa
 
 def _iteration(grads, images, lr):
     """``iteration(i)``: one outer iteration, the meta-gradient
-    ``grads(images, lr, i) -> (loss, grad_images, grad_lr)`` and distill's update of the
-    synthetic set (SGD with momentum), carried from call to call."""
+    ``grads(syn, i) -> (loss, grads)`` and distill's update of the synthetic set (SGD with
+    momentum), carried from call to call."""
     import jax
     from mct_jax import distill
     tx = distill.make_optimizer(100.0, 1e-5)
@@ -144,8 +154,8 @@ def _iteration(grads, images, lr):
 
     def iteration(i):
         syn, opt = state
-        loss, gi, gl = grads(syn['images'], syn['lr'], i)
-        syn, opt, _ = update(syn, opt, {'images': gi, 'lr': gl}, loss)
+        loss, g = grads(syn, i)
+        syn, opt, _ = update(syn, opt, g, loss)
         state[:] = jax.block_until_ready((syn, opt))
     return iteration
 
@@ -155,13 +165,13 @@ def _child_devices(m, start, target, images, labels, lr, key, steps, repeats, wa
     """The forward variant through :func:`mct_jax.parallel.make_meta_grad` on all devices."""
     import jax
     from mct_jax import parallel
-    meta_grad = parallel.make_meta_grad(m.apply, steps, images.shape[0], False,
-                                        loss_grad=m.loss_grad, stored_hvp=m.stored_hvp,
-                                        residual_budget=RESIDUAL_BUDGET)
+    from mct_jax import rollout
+    meta_grad = parallel.make_meta_grad(
+        m, rollout.RolloutOptions(steps, images.shape[0], False,
+                                  residual_budget=RESIDUAL_BUDGET))
     one = lambda tree: jax.tree.map(lambda a: a[None], tree)   # S = 1 sample
-    iteration = _iteration(lambda images, lr, i: meta_grad(
-        images, lr, labels, one(start), one(target), one(jax.random.fold_in(key, i))),
-        images, lr)
+    iteration = _iteration(lambda syn, i: meta_grad(
+        syn, labels, one(start), one(target), one(jax.random.fold_in(key, i))), images, lr)
 
     t0 = time.perf_counter()
     iteration(0)   # compiles (the other variants compile before their warm-ups)

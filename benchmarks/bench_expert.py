@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mct_jax import checkpoint, expert, models
+from mct_jax import checkpoint, expert, expert_store, models
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,9 +61,9 @@ def storage(num_epochs: int) -> dict:
     norms = np.stack([[np.linalg.norm(a - b) for a, b in
                        zip(jax.tree.leaves(snaps[t]), jax.tree.leaves(snaps[t - 1]))]
                       for t in range(1, num_epochs + 1)]).astype(np.float32)
-    run = expert.ExpertRun([snaps[0], snaps[-1]], (0, num_epochs), norms, snaps, [], [])
+    run = expert_store.ExpertRun([snaps[0], snaps[-1]], (0, num_epochs), norms, snaps, [], [])
     with tempfile.TemporaryDirectory() as d:
-        expert.save_expert(d + '/e', run, {})
+        expert_store.save_expert(d + '/e', run, {})
         mct = checkpoint.folder_bytes(d + '/e/state')
         full = checkpoint.folder_bytes(d + '/e/full')
     n_params = models.num_params(base)

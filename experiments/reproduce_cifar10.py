@@ -101,8 +101,8 @@ def stage_experts(scale, work):
     log('experts: training (complete experts in the folder are kept)')
     _run(['-m', 'mct_jax.expert'] + _data_flags(scale, work),
          os.path.join(work, 'logs', 'experts.log'))
-    from mct_jax import checkpoint, expert
-    folders = expert.list_experts(os.path.join(work, 'experts'))
+    from mct_jax import checkpoint, expert_store
+    folders = expert_store.list_experts(os.path.join(work, 'experts'))
     mct = [checkpoint.folder_bytes(os.path.join(f, 'state')) for f in folders]
     full = [checkpoint.folder_bytes(os.path.join(f, 'full')) for f in folders]
     metas = [checkpoint.read_json(os.path.join(f, 'meta.json')) for f in folders]
@@ -205,20 +205,20 @@ def child_timing(scale, work, steps, remat):
     import jax
     from absl import flags as absl_flags
 
-    from mct_jax import distill
-    from mct_jax import flags as shared
+    from mct_jax import distill, expert_store, models
+    from mct_jax.cli import app
+    from mct_jax.cli import flags as cli_flags
     FLAGS = absl_flags.FLAGS
     ipc = scale['timing_ipc']
     FLAGS([sys.argv[0]] + _data_flags(scale, work) + scale['common'] +
           [f'--ipc={ipc}', f'--syn_steps={steps}', f'--remat={str(bool(remat)).lower()}'])
-    from mct_jax import cli
-    cli.enable_compilation_cache(FLAGS.compilation_cache)
-    s = distill.settings_from_flags()
-    ds = shared.load_data()
-    m = shared.model_settings(ds)
-    trajs = distill.load_experts(shared.expert_dir(), 'mct', 'steps', None,
-                                 dict(m, **shared.data_settings()))
-    d = distill.Distiller(s, shared.model_from_settings(m), ds, trajs, '/nonexistent', {})
+    app.enable_compilation_cache(FLAGS.compilation_cache)
+    s = cli_flags.distill_settings()
+    ds = cli_flags.load_data()
+    m = cli_flags.model_settings(ds)
+    trajs = expert_store.load_experts(cli_flags.expert_dir(), 'mct', 'steps', None,
+                                      dict(m, **cli_flags.data_settings()))
+    d = distill.Distiller(s, models.from_config(m), ds, trajs, '/nonexistent', {})
     syn, opt, labels = d.initial_state()
     t0 = time.time()
     syn, opt, loss, _, _ = d.step(syn, opt, labels, 0)

@@ -5,11 +5,21 @@ minibatches, and is compared with the expert's parameters theta_target M epochs 
 
     loss = ||theta_N - theta_target||^2 / ||theta_start - theta_target||^2      (all leaves)
 
-The N steps are one ``lax.scan``; ``jax.grad`` of the loss with respect to the synthetic
-images and the student learning rate is the exact meta-gradient, computed by one of two
-methods (:func:`meta_loss`): forward-over-reverse through a custom VJP (the default, the
-fastest) or reverse-over-reverse through the scan, optionally with each step
-rematerialised (``remat=True``).
+The synthetic set is a pytree ``syn = {'images': [n, H, W, C], 'lr': []}`` (the images and
+the learned student learning rate); ``jax.grad(meta_loss)(syn, ...)`` returns the exact
+meta-gradient as a pytree of the same structure. The N steps are one ``lax.scan``; how they
+are differentiated is a :class:`RolloutOptions` choice:
+
+* ``method='forward'`` (the default, the fastest): the rollout has a custom VJP whose
+  backward pass walks the steps in reverse and takes each step's Hessian-vector products in
+  forward mode. With the model's hand-written pair (``Model.stored_hvp``) the forward pass
+  also stores each step's residuals, while those of the N steps fit ``residual_budget``;
+  otherwise (or with ``remat``) each step is recomputed and memory does not grow with N.
+* ``method='reverse'``: ``jax.grad`` straight through the scan (reverse over reverse, as the
+  reference PyTorch code does with ``create_graph=True``); ``remat`` rematerialises each step
+  with ``jax.checkpoint``.
+
+All of them give the same derivative (float64 tests in ``tests/test_distill.py``).
 
 Several devices: under ``pmap`` with ``axis_name``, each step's minibatch is split across the
 devices and the student gradient is averaged with ``lax.pmean``; see
@@ -18,15 +28,28 @@ devices and the student gradient is averaged with ``lax.pmean``; see
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mct_jax import augment, train
+from mct_jax.models import Model
 
 PyTree = Any
+
+METHODS = ('forward', 'reverse')
+
+
+class RolloutOptions(NamedTuple):
+    """How the N student steps run and are differentiated (static, hashable)."""
+    num_steps: int                 # N, student SGD steps
+    batch_size: int                # synthetic images per step, divisible by the devices
+    use_dsa: bool = True           # DSA-augment each step's minibatch
+    method: str = 'forward'        # how the meta-gradient is computed, one of METHODS
+    remat: bool = False            # recompute each step in the backward pass
+    residual_budget: float | None = None   # forward: bytes of stored residuals per device
 
 
 def step_indices(key, num_images: int, batch_size: int, num_steps: int):
@@ -44,7 +67,7 @@ def step_indices(key, num_images: int, batch_size: int, num_steps: int):
     return perms.reshape(-1)[:num_steps * batch_size].reshape(num_steps, batch_size)
 
 
-def residual_bytes(grad_and_residuals: Callable, theta: PyTree, images, labels) -> int:
+def residual_bytes(grad_and_residuals, theta: PyTree, images, labels) -> int:
     """Bytes one student step stores for the backward pass when residuals are kept: the
     residuals of ``grad_and_residuals(theta, images, labels)`` for this minibatch and the
     student gradient. Computed from shapes only; nothing runs."""
@@ -54,15 +77,15 @@ def residual_bytes(grad_and_residuals: Callable, theta: PyTree, images, labels) 
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves((grads, res)))
 
 
-def residual_plan(stored_hvp, theta: PyTree, images, labels, num_steps: int,
-                  remat: bool = False, residual_budget: float | None = None):
-    """``(store, bytes)``: whether the forward method stores the residuals of the N steps
-    (see :func:`rollout`), and how many bytes they take on this device for this minibatch
-    shape. From shapes only; nothing runs."""
-    if stored_hvp is None:
+def residual_plan(model: Model, theta: PyTree, images, labels, options: RolloutOptions):
+    """``(store, bytes)``: whether the forward method stores the residuals of the N steps,
+    and how many bytes they take on this device for this minibatch shape. From shapes
+    only; nothing runs."""
+    if model.stored_hvp is None or options.method != 'forward':
         return False, 0
-    need = num_steps * residual_bytes(stored_hvp[0], theta, images, labels)
-    return not remat and (residual_budget is None or need <= residual_budget), need
+    need = options.num_steps * residual_bytes(model.stored_hvp[0], theta, images, labels)
+    budget = options.residual_budget
+    return not options.remat and (budget is None or need <= budget), need
 
 
 def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
@@ -74,55 +97,36 @@ def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
     return num / den
 
 
-METHODS = ('forward', 'reverse')
-
-
 def tree_vdot(a: PyTree, b: PyTree):
+    """Sum over leaves of ``vdot(a_l, b_l)``."""
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, num_steps: int,
-            batch_size: int, use_dsa: bool = True, remat: bool = False,
-            axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
-            loss_grad: Callable | None = None, method: str = 'forward',
-            stored_hvp: tuple[Callable, Callable] | None = None,
-            residual_budget: float | None = None):
+def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
+            options: RolloutOptions, axis_name: str | None = None, num_shards: int = 1):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
 
     Args:
-      apply_fn: ``apply(params, x) -> logits``.
+      model: the student network (its ``loss_grad`` and ``stored_hvp`` are used by the
+        forward method when present; ``apply`` is differentiated otherwise).
       theta_start: start parameters.
-      images: [n, H, W, C] synthetic images; labels: [n] int.
-      lr: scalar student learning rate (learned).
-      key: PRNG key; step t augments with ``fold_in(key, t)``.
-      num_steps: N (static).
-      batch_size: images per step (static); divisible by ``num_shards``.
-      remat: rematerialise each step in the backward pass: ``method='reverse'`` through
-        ``jax.checkpoint``; ``method='forward'`` by not storing residuals (see
-        ``stored_hvp``).
+      syn: ``{'images': [n, H, W, C], 'lr': []}``, the synthetic set and the learned lr.
+      labels: [n] int classes of the images.
+      key: PRNG key; step t augments with ``fold_in(k_aug, t)``.
+      options: see :class:`RolloutOptions`.
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
         takes its 1/num_shards of every minibatch. The augmentation is drawn for the whole
         minibatch and then sliced, so the result does not depend on the device count.
-      unroll: ``lax.scan``'s unroll factor (``True``: fully unrolled, e.g. so that XLA's
-        cost analysis counts every step).
-      loss_grad: the student gradient ``loss_grad(params, x, labels, input_grad)`` (e.g. the
-        ConvNet's hand-written :func:`mct_jax.models.loss_grad`); default: ``jax.grad`` of
-        the cross-entropy of ``apply_fn``. Used by ``method='forward'``.
-      method: how ``jax.grad`` of a function of the result differentiates the rollout, see
-        :func:`meta_loss`. Both give the same derivative.
-      stored_hvp: ``method='forward'``: the student gradient that also returns residuals and
-        the Hessian-vector product that uses them (``Model.stored_hvp``); the forward pass
-        then stores each step's residuals so that the backward pass need not recompute the
-        student's forward and backward passes (unless ``remat``).
-      residual_budget: bytes the stored residuals of the N steps may take on this device
-        (:func:`residual_bytes`); beyond it each step is recomputed. None: no limit.
     Returns:
       theta_N.
     """
-    if method not in METHODS:
-        raise ValueError(f'Unknown meta-gradient method {method!r}; choose one of {METHODS}.')
+    if options.method not in METHODS:
+        raise ValueError(f'Unknown meta-gradient method {options.method!r}; choose one of '
+                         f'{METHODS}.')
+    images, lr = syn['images'], syn['lr']
+    num_steps, use_dsa = options.num_steps, options.use_dsa
     k_idx, k_aug = jax.random.split(key)
-    idx = step_indices(k_idx, images.shape[0], batch_size, num_steps)
+    idx = step_indices(k_idx, images.shape[0], options.batch_size, num_steps)
     local = idx.shape[1] // num_shards
     steps = jnp.arange(num_steps)
 
@@ -141,9 +145,10 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
         return jax.tree.map(lambda p, g: p - lr * g, theta, grads)
 
     # Reverse differentiates through the student gradient itself, so it must be autodiff's
-    # (of apply_fn's im2col convolution); forward only ever takes its forward-mode derivative.
-    if method == 'reverse' or loss_grad is None:
-        loss_grad = train.autodiff_loss_grad(apply_fn)
+    # (of apply's im2col convolution); forward only ever takes its forward-mode derivative.
+    loss_grad = model.loss_grad
+    if options.method == 'reverse' or loss_grad is None:
+        loss_grad = train.autodiff_loss_grad(model.apply)
 
     def student_grad(theta, xb, yb, input_grad):
         grads, grad_x, _ = loss_grad(theta, xb, yb, input_grad)
@@ -151,22 +156,21 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
             grads = lax.pmean(grads, axis_name)
         return grads, grad_x
 
-    if method == 'reverse':
+    if options.method == 'reverse':
         def step(theta, inputs):
             xb, yb = minibatch(images, labels, k_aug, *inputs)
             return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), None
 
-        if remat:
+        if options.remat:
             step = jax.checkpoint(step)
-        theta, _ = lax.scan(step, theta_start, (steps, idx), unroll=unroll)
+        theta, _ = lax.scan(step, theta_start, (steps, idx))
         return theta
 
-    store, _ = residual_plan(stored_hvp, theta_start,
+    store, _ = residual_plan(model, theta_start,
                              jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
-                             jax.ShapeDtypeStruct((local,), labels.dtype), num_steps, remat,
-                             residual_budget)
+                             jax.ShapeDtypeStruct((local,), labels.dtype), options)
     if store:
-        grad_and_residuals, hvp = stored_hvp
+        grad_and_residuals, hvp = model.stored_hvp
 
     # Everything the rollout depends on is an argument (nothing traced is closed over), so
     # that it composes with vmap and pmap.
@@ -179,7 +183,7 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
                     grads = lax.pmean(grads, axis_name)
                 return sgd(theta, grads, lr), (theta, grads, res)
             return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), theta
-        return lax.scan(step, theta, (steps, idx), unroll=unroll)
+        return lax.scan(step, theta, (steps, idx))
 
     @jax.custom_vjp
     def run(theta, images, lr, labels, k_aug, idx):
@@ -217,40 +221,17 @@ def rollout(apply_fn: Callable, theta_start: PyTree, images, labels, lr, key, nu
             return (sgd(v, hv, lr), ct_images, ct_lr), None
 
         init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr))
-        (v, ct_images, ct_lr), _ = lax.scan(step, init, (thetas, steps, idx), reverse=True,
-                                            unroll=unroll)
+        (v, ct_images, ct_lr), _ = lax.scan(step, init, (thetas, steps, idx), reverse=True)
         return v, ct_images, ct_lr, None, None, None
 
     run.defvjp(run_fwd, run_bwd)
     return run(theta_start, images, jnp.asarray(lr, images.dtype), labels, k_aug, idx)
 
 
-def meta_loss(images, lr, apply_fn, labels, theta_start, theta_target, key, num_steps: int,
-              batch_size: int, use_dsa: bool = True, remat: bool = False,
-              axis_name: str | None = None, num_shards: int = 1, unroll: int | bool = 1,
-              loss_grad: Callable | None = None, method: str = 'forward',
-              stored_hvp: tuple[Callable, Callable] | None = None,
-              residual_budget: float | None = None):
-    """Matching loss of a rollout, as a function of (images, lr) for ``jax.grad``.
-
-    ``method`` chooses how the meta-gradient is computed (the same derivative either way):
-
-    - ``'forward'`` (default): the rollout has a custom VJP. Its forward pass keeps each
-      step's parameters; its backward pass walks the steps in reverse and gets each step's
-      Hessian-vector products in forward mode. With ``stored_hvp`` (the ConvNet's
-      hand-written pair), the forward pass also keeps each step's residuals (the student
-      backward pass's cotangents and the norms' statistics, about a third of a
-      first-block feature map per image) and the backward pass computes the tangents from
-      them and the forward convolutions, as long as the N steps' residuals fit
-      ``residual_budget``.
-      Otherwise, or with ``remat``, it recomputes each step (``jax.jvp`` of the student
-      gradient ``loss_grad``) and memory does not grow with N. With the ConvNet's
-      hand-written gradient every derivative is a fast forward-form kernel.
-    - ``'reverse'``: ``jax.grad`` straight through the ``lax.scan`` (reverse over reverse,
-      as the reference PyTorch code does with ``create_graph=True``), with ``remat``
-      optionally rematerialising each step. Uses ``apply_fn``'s im2col convolution.
-    """
-    theta_n = rollout(apply_fn, theta_start, images, labels, lr, key, num_steps, batch_size,
-                      use_dsa, remat, axis_name, num_shards, unroll, loss_grad, method,
-                      stored_hvp, residual_budget)
+def meta_loss(syn: dict, labels, theta_start: PyTree, theta_target: PyTree, key,
+              model: Model, options: RolloutOptions, axis_name: str | None = None,
+              num_shards: int = 1):
+    """Matching loss of a rollout from ``theta_start`` against ``theta_target``, as a function
+    of the synthetic set ``syn`` for ``jax.grad`` (arguments as in :func:`rollout`)."""
+    theta_n = rollout(model, theta_start, syn, labels, key, options, axis_name, num_shards)
     return matching_loss(theta_n, theta_start, theta_target)

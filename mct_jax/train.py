@@ -1,7 +1,8 @@
 """Training a network on real or synthetic images: losses, jitted SGD epochs, accuracy.
 
 Shared by expert training (plain SGD on real data) and evaluation (SGD with momentum and
-weight decay on a synthetic set, several networks at once under ``vmap``).
+weight decay on a synthetic set). A model's hand-written gradient (``Model.loss_grad``) is
+used where it has one.
 """
 
 from __future__ import annotations

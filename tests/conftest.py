@@ -38,3 +38,18 @@ def _release_compiled_programs():
         import gc
         jax.clear_caches()
         gc.collect()
+
+
+def assert_trees_close(got, want, rtol=1e-7, atol=0.0, exact=False):
+    """Asserts two pytrees have the same structure and leaves equal within ``rtol``/``atol``
+    (or bit for bit with ``exact``); a failure names the leaf's path."""
+    import numpy as np
+    got_leaves, got_def = jax.tree_util.tree_flatten_with_path(got)
+    want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
+    assert got_def == want_def, f'tree structures differ:\n{got_def}\n{want_def}'
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        name = jax.tree_util.keystr(path)
+        if exact:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)

@@ -62,6 +62,7 @@ def test_the_table_shows_the_range_over_rounds():
     assert '| 0.50 |' in lines[2]    # fastest of each: 0.9 / 1.8
 
 
+@pytest.mark.slow
 def test_two_rounds_end_to_end(tmp_path):
     pytest.importorskip('torch', reason="PyTorch not installed: pip install -e '.[bench]'")
     out = tmp_path / 'bench.json'

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,45 @@ def test_pipeline_through_the_command_lines(tmp_path):
     # re-running the expert command trains nothing new
     proc = _run('expert', *TINY, f'--expert_dir={experts}')
     assert 'training []' in proc.stderr
+
+
+DISTILL_ONLY = ['--syn_steps=3', '--expert_epochs=1', '--max_start_epoch=2', '--lr_img=100',
+                '--iterations=2', '--eval_every=2', '--num_eval=1', '--eval_epochs=2']
+ABSL_PREFIX = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
+
+
+@pytest.mark.slow
+def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path):
+    """Experts trained with non-default data and model flags (10 images per class, width 8):
+    distill needs only --expert_dir, --out_dir and --ipc (plus its own hyperparameters),
+    evaluate only --synthetic; both say what they took. A contradicting --width is refused
+    with the difference named, and nothing is written."""
+    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
+    proc = _run('expert', *TINY, f'--expert_dir={experts}')
+    for lines in (proc.stderr.splitlines(),):   # console lines are about the run
+        assert lines and 'experts' in lines[0], lines[:3]
+        assert not [l for l in lines if 'tpu' in l.lower() or ABSL_PREFIX.match(l)], lines
+    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+                *DISTILL_ONLY)
+    assert (f'Using --train_images_per_class=10, --width=8 from '
+            f'{os.path.join(experts, "config.json")}.') in proc.stderr, proc.stderr[-2000:]
+    assert not [l for l in proc.stderr.splitlines() if ABSL_PREFIX.match(l)]
+    with np.load(os.path.join(out, 'best.npz')) as z:
+        settings = json.loads(str(z['settings']))
+        assert z['images'].shape == (10, 16, 16, 1)
+    assert (settings['width'], settings['train_images_per_class']) == (8, 10)
+    proc = _run('evaluate', f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2')
+    assert f'--width=8 from {out}' in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])['images'] == 10
+    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}_wide', '--ipc=1',
+                '--width=16', *DISTILL_ONLY, check=False)
+    assert proc.returncode == 2
+    assert f'{experts} holds experts with width=8 but the flags say 16' in proc.stderr
+    assert not os.path.exists(f'{out}_wide')
+    # with --log_prefix, absl's own format
+    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+                *DISTILL_ONLY, '--log_prefix')
+    assert any(ABSL_PREFIX.match(l) for l in proc.stderr.splitlines())
 
 
 def _read_events(folder):
@@ -120,13 +160,14 @@ PRESETS = sorted(f for f in os.listdir(os.path.join(REPO, 'experiments')) if f.e
 _PRESET_CHECK = """
 import json, sys
 from absl import flags
-from mct_jax import data, distill, validate
+from mct_jax import data, distill
+from mct_jax.cli import flags as cli_flags, validate
 FLAGS = flags.FLAGS
 out = {}
 for preset in sys.argv[1:]:
     FLAGS.unparse_flags()
     FLAGS(['x', f'--flagfile=experiments/{preset}', '--iterations=7', '--seed=3'])
-    s = distill.settings_from_flags()
+    s = cli_flags.distill_settings()
     per_class = FLAGS.train_images_per_class or 500
     problems = distill.check_settings(s, FLAGS.train_epochs,
                                       [per_class] * data.NUM_CLASSES[FLAGS.dataset], 1)
@@ -165,12 +206,13 @@ def test_presets_parse_and_validate(preset, preset_results):
         assert 'Published ConvNet accuracy' in text and 'Needs:' in text
 
 
-def test_readme_glossary_lists_every_flag():
+def test_flag_glossary_lists_every_flag():
+    """docs/flags.md is the generated glossary of every flag, as the code defines them now."""
     from absl import flags
 
-    import mct_jax.flags  # noqa: F401
-    names = [f.name for f in flags.FLAGS.flags_by_module_dict()['mct_jax.flags']]
-    readme = open(os.path.join(REPO, 'README.md')).read()
-    glossary = readme[readme.index('## Flags: glossary'):]
+    from mct_jax.cli import flags as cli_flags
+    names = [f.name for f in flags.FLAGS.flags_by_module_dict()['mct_jax.cli.flags']]
+    glossary = open(os.path.join(REPO, 'docs', 'flags.md')).read()
     missing = [n for n in names if f'| `--{n}` |' not in glossary]
     assert not missing and len(names) > 40, missing
+    assert glossary == cli_flags.glossary(), 'docs/flags.md is stale: regenerate it (see its head)'

@@ -5,7 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_trees_close
 from mct_jax import augment, data, distill, models, parallel, rollout, train, trajectory
+from mct_jax.rollout import RolloutOptions
+
+
+def autodiff(m):
+    """The model with its hand-written derivatives removed: the student gradient is then
+    jax.grad of its apply."""
+    return m._replace(loss_grad=None, stored_hvp=None)
+
+
+def syn_of(images, lr):
+    return {'images': images, 'lr': lr}
 
 
 def _setup(dtype=jnp.float32, n=8, classes=4, shape=(8, 8, 1), width=4):
@@ -18,11 +30,16 @@ def _setup(dtype=jnp.float32, n=8, classes=4, shape=(8, 8, 1), width=4):
     return m, start, target, images, labels
 
 
-@pytest.mark.parametrize('use_dsa,batch', [(False, 8), (True, 8), (True, 4)])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize('use_dsa,batch', [pytest.param(False, 8, marks=SLOW),
+                                           pytest.param(True, 8, marks=SLOW), (True, 4)])
 def test_rollout_matches_python_loop(use_dsa, batch):
     m, start, _, images, labels = _setup()
     key = jax.random.key(5)
-    got = rollout.rollout(m.apply, start, images, labels, 0.1, key, 5, batch, use_dsa)
+    got = rollout.rollout(autodiff(m), start, syn_of(images, 0.1), labels, key,
+                          RolloutOptions(5, batch, use_dsa))
     # plain loop: same minibatch indices and per-step augmentation keys
     k_idx, k_aug = jax.random.split(key)
     idx = rollout.step_indices(k_idx, 8, batch, 5)
@@ -33,8 +50,7 @@ def test_rollout_matches_python_loop(use_dsa, batch):
             xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
         g = jax.grad(lambda p: train.cross_entropy(m.apply(p, xb), yb))(theta)
         theta = jax.tree.map(lambda p, g: p - 0.1 * g, theta, g)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(theta)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_trees_close(got, theta, rtol=1e-5, atol=1e-6)
 
 
 def test_step_indices_cover_every_image_per_permutation():
@@ -44,17 +60,21 @@ def test_step_indices_cover_every_image_per_permutation():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
 
 
-@pytest.mark.parametrize('method,hand', [('forward', True), ('forward', 'stored'),
-                                         ('reverse', False)])
+@pytest.mark.parametrize('method,hand', [pytest.param('forward', True, marks=SLOW),
+                                         ('forward', 'stored'),
+                                         pytest.param('reverse', False, marks=SLOW)])
 def test_meta_gradient_matches_finite_differences_float64(method, hand):
     with jax.enable_x64(True):
         m, start, target, images, labels = _setup(jnp.float64)
         key = jax.random.key(3)
 
+        student = (m if hand == 'stored' else m._replace(stored_hvp=None) if hand
+                   else autodiff(m))
+
+        @jax.jit
         def loss(im, lr):
-            return rollout.meta_loss(im, lr, m.apply, labels, start, target, key, 3, 8, True,
-                                     method=method, loss_grad=m.loss_grad if hand else None,
-                                     stored_hvp=m.stored_hvp if hand == 'stored' else None)
+            return rollout.meta_loss(syn_of(im, lr), labels, start, target, key, student,
+                                     RolloutOptions(3, 8, True, method))
 
         lr = jnp.float64(0.05)
         g_img, g_lr = jax.grad(loss, argnums=(0, 1))(images, lr)
@@ -68,16 +88,17 @@ def test_meta_gradient_matches_finite_differences_float64(method, hand):
             np.testing.assert_allclose(jnp.vdot(g_img, v), fd, rtol=1e-6)
 
 
+@SLOW
 def test_remat_gives_the_same_gradient():
     m, start, target, images, labels = _setup()
     key = jax.random.key(4)
-    grads = [jax.grad(rollout.meta_loss, argnums=(0, 1))(
-        images, 0.05, m.apply, labels, start, target, key, 4, 8, True, remat, method='reverse')
-        for remat in (False, True)]
-    for a, b in zip(grads[0], grads[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    grads = [jax.grad(rollout.meta_loss)(
+        syn_of(images, 0.05), labels, start, target, key, autodiff(m),
+        RolloutOptions(4, 8, True, 'reverse', remat)) for remat in (False, True)]
+    assert_trees_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
 
+@SLOW
 @pytest.mark.parametrize('use_dsa,batch', [(False, 8), (True, 4)])
 def test_forward_and_reverse_meta_gradients_agree_float64(use_dsa, batch):
     """The custom-VJP forward method (with autodiff's and with the hand-written student
@@ -85,19 +106,19 @@ def test_forward_and_reverse_meta_gradients_agree_float64(use_dsa, batch):
     scan: same loss and gradients to 1e-12."""
     with jax.enable_x64(True):
         m, start, target, images, labels = _setup(jnp.float64, shape=(8, 8, 3), width=6)
-        outs = [jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
-            images, jnp.float64(0.05), m.apply, labels, start, target, jax.random.key(6), 3,
-            batch, use_dsa, **kw)
-            for kw in (dict(method='reverse'), dict(method='forward'),
-                       dict(method='forward', loss_grad=m.loss_grad),
-                       dict(method='forward', loss_grad=m.loss_grad, stored_hvp=m.stored_hvp))]
-        for loss, (g_img, g_lr) in outs[1:]:
+        outs = [jax.value_and_grad(rollout.meta_loss)(
+            syn_of(images, jnp.float64(0.05)), labels, start, target, jax.random.key(6),
+            student, RolloutOptions(3, batch, use_dsa, method))
+            for method, student in (('reverse', autodiff(m)), ('forward', autodiff(m)),
+                                    ('forward', m._replace(stored_hvp=None)), ('forward', m))]
+        for loss, grads in outs[1:]:
             np.testing.assert_allclose(loss, outs[0][0], rtol=1e-13)
-            np.testing.assert_allclose(g_img, outs[0][1][0], rtol=1e-10,
-                                       atol=1e-12 * float(jnp.max(jnp.abs(g_img))))
-            np.testing.assert_allclose(g_lr, outs[0][1][1], rtol=1e-10)
+            np.testing.assert_allclose(grads['images'], outs[0][1]['images'], rtol=1e-10,
+                                       atol=1e-12 * float(jnp.max(jnp.abs(grads['images']))))
+            np.testing.assert_allclose(grads['lr'], outs[0][1]['lr'], rtol=1e-10)
 
 
+@SLOW
 def test_residual_budget_chooses_between_storing_and_recomputing():
     """The forward method stores residuals exactly when the N steps' fit the budget (and
     not with remat); both ways give the same meta-gradient."""
@@ -111,22 +132,23 @@ def test_residual_budget_chooses_between_storing_and_recomputing():
     for budget, remat, stores in [(None, False, True), (need, False, True),
                                   (need - 1, False, False), (None, True, False)]:
         traced.clear()
-        results[budget, remat] = jax.grad(rollout.meta_loss, argnums=(0, 1))(
-            images, 0.05, m.apply, labels, start, target, jax.random.key(4), 3, 4, True, remat,
-            loss_grad=m.loss_grad, stored_hvp=spy, residual_budget=budget)
+        results[budget, remat] = jax.grad(rollout.meta_loss)(
+            syn_of(images, 0.05), labels, start, target, jax.random.key(4),
+            m._replace(stored_hvp=spy),
+            RolloutOptions(3, 4, True, 'forward', remat, residual_budget=budget))
         assert bool(traced) == stores, (budget, remat)
     for other in list(results.values())[1:]:
-        for a, b in zip(other, results[None, False]):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+        assert_trees_close(other, results[None, False], rtol=1e-4, atol=1e-7)
 
 
 def test_unknown_meta_gradient_method():
     m, start, target, images, labels = _setup()
     with pytest.raises(ValueError, match='forward'):
-        rollout.rollout(m.apply, start, images, labels, 0.1, jax.random.key(0), 2, 8,
-                        method='backward')
+        rollout.rollout(m, start, syn_of(images, 0.1), labels, jax.random.key(0),
+                        RolloutOptions(2, 8, method='backward'))
 
 
+@SLOW
 @pytest.mark.parametrize('method,hand', [('forward', True), ('forward', 'stored'),
                                          ('reverse', False)])
 def test_devices_give_the_same_update(method, hand):
@@ -136,15 +158,13 @@ def test_devices_give_the_same_update(method, hand):
     outs = []
     for nd in (1, 2, 4):
         devices = jax.local_devices()[:nd]
-        f = parallel.make_meta_grad(m.apply, 3, 8, True, False, devices,
-                                    m.loss_grad if hand else None, method,
-                                    m.stored_hvp if hand == 'stored' else None)
+        student = (m if hand == 'stored' else m._replace(stored_hvp=None) if hand
+                   else autodiff(m))
+        f = parallel.make_meta_grad(student, RolloutOptions(3, 8, True, method), devices)
         batch = lambda t: jax.tree.map(lambda a: a[None], t)
-        loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, batch(start), batch(target),
-                              jax.random.key(9)[None])
-        syn = {'images': images, 'lr': jnp.float32(0.05)}
-        new, _, fault = distill.make_update(tx)(syn, tx.init(syn), {'images': g_img, 'lr': g_lr},
-                                                loss)
+        syn = syn_of(images, jnp.float32(0.05))
+        loss, grads = f(syn, labels, batch(start), batch(target), jax.random.key(9)[None])
+        new, _, fault = distill.make_update(tx)(syn, tx.init(syn), grads, loss)
         assert int(fault) == 0
         outs.append((loss, new['images'], new['lr']))
     for other in outs[1:]:
@@ -153,30 +173,29 @@ def test_devices_give_the_same_update(method, hand):
     assert not np.allclose(outs[0][1], images)  # the update did something
 
 
+@SLOW
 def test_compile_ahead_is_reused_by_the_call():
     """Compiling ahead (what the first iteration does on a thread during the evaluation
     before it) traces once, and the later call reuses it and gives the same result as a
     meta-gradient that was not compiled ahead."""
     m, start, target, images, labels = _setup()
     batch = lambda t: jax.tree.map(lambda a: a[None], t)
-    args = (images, jnp.float32(0.05), labels, batch(start), batch(target),
+    args = (syn_of(images, jnp.float32(0.05)), labels, batch(start), batch(target),
             jax.random.key(3)[None])
-    ahead = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2],
-                                    m.loss_grad)
-    plain = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2],
-                                    m.loss_grad)
+    student, options = m._replace(stored_hvp=None), RolloutOptions(3, 8, True)
+    ahead = parallel.make_meta_grad(student, options, jax.local_devices()[:2])
+    plain = parallel.make_meta_grad(student, options, jax.local_devices()[:2])
     ahead.compile_ahead(*args)
     assert ahead.trace_count() == 1
     got, want = ahead(*args), plain(*args)
     assert ahead.trace_count() == 1
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_close(got, want, exact=True)
 
 
 def test_batch_must_divide_among_devices():
     m = models.convnet((8, 8, 1), 4, 4, 2)
     with pytest.raises(ValueError, match='divisible'):
-        parallel.make_meta_grad(m.apply, 2, 6, devices=jax.local_devices()[:4])
+        parallel.make_meta_grad(m, RolloutOptions(2, 6), devices=jax.local_devices()[:4])
 
 
 @pytest.mark.parametrize('fault,bad', [
@@ -230,6 +249,7 @@ def _tiny_run(tmp_path, trajs, ds, iterations, out='run', num_devices=1, **over)
     return d, d.run()
 
 
+@SLOW
 def test_same_seed_same_result_across_runs_and_devices(tmp_path, tiny_experts):
     """Two runs on one device are bit-identical; on 2 fake devices (the student batch split
     across them) the result agrees to float tolerance (4 iterations, evaluations included)."""
@@ -255,6 +275,7 @@ def tiny_experts():
     return ds, [trajectory.full(snaps)]
 
 
+@SLOW
 def test_no_retrace_across_iterations(tmp_path, tiny_experts):
     ds, trajs = tiny_experts
     d, _ = _tiny_run(tmp_path, trajs, ds, iterations=5)
@@ -264,6 +285,7 @@ def test_no_retrace_across_iterations(tmp_path, tiny_experts):
     assert d.point._cache_size() == 1
 
 
+@SLOW
 def test_resume_repeats_an_uninterrupted_run(tmp_path, tiny_experts):
     ds, trajs = tiny_experts
     _tiny_run(tmp_path, trajs, ds, iterations=6, out='straight')
@@ -280,6 +302,7 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, tiny_experts):
     assert strip(la) == strip(lb)
 
 
+@SLOW
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_experts):
     ds, trajs = tiny_experts
     _tiny_run(tmp_path, trajs, ds, iterations=2, out='r')
@@ -292,21 +315,25 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_experts):
         d.run()
 
 
+@SLOW
 def test_several_samples_average_their_losses():
     m, start, target, images, labels = _setup()
-    f = parallel.make_meta_grad(m.apply, 3, 8, True, False, jax.local_devices()[:2])
+    options = RolloutOptions(3, 8, True)
+    f = parallel.make_meta_grad(autodiff(m), options, jax.local_devices()[:2])
     other = jax.tree.map(lambda a: 1.05 * a, target)
     keys = jax.random.split(jax.random.key(1), 2)
     stack = lambda *ts: jax.tree.map(lambda *xs: jnp.stack(xs), *ts)
-    loss, g_img, g_lr = f(images, jnp.float32(0.05), labels, stack(start, start),
-                          stack(target, other), keys)
-    singles = [jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
-        images, jnp.float32(0.05), m.apply, labels, start, t, k, 3, 8) for t, k in
-        [(target, keys[0]), (other, keys[1])]]
+    syn = syn_of(images, jnp.float32(0.05))
+    loss, grads = f(syn, labels, stack(start, start), stack(target, other), keys)
+    singles = [jax.value_and_grad(rollout.meta_loss)(syn, labels, start, t, k, autodiff(m),
+                                                     options)
+               for t, k in [(target, keys[0]), (other, keys[1])]]
     np.testing.assert_allclose(loss, (singles[0][0] + singles[1][0]) / 2, rtol=1e-5)
-    np.testing.assert_allclose(g_img, (singles[0][1][0] + singles[1][1][0]) / 2, rtol=1e-4,
-                               atol=1e-7)
-    np.testing.assert_allclose(g_lr, (singles[0][1][1] + singles[1][1][1]) / 2, rtol=1e-4)
+    np.testing.assert_allclose(grads['images'],
+                               (singles[0][1]['images'] + singles[1][1]['images']) / 2,
+                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(grads['lr'], (singles[0][1]['lr'] + singles[1][1]['lr']) / 2,
+                               rtol=1e-4)
 
 
 def test_the_residual_plan_is_stated(tmp_path, tiny_experts):

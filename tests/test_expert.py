@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mct_jax import checkpoint, data, expert, models, trajectory
+from mct_jax import checkpoint, data, expert, expert_store, models, trajectory
 
 K = 4
 
@@ -41,7 +41,7 @@ def trained(tiny, tmp_path_factory):
 
 
 def test_recorded_betas_equal_betas_from_saved_full_trajectory(trained):
-    folder = expert.expert_path(trained, 0)
+    folder = expert_store.expert_path(trained, 0)
     state = checkpoint.load_tree(os.path.join(folder, 'state'))
     snaps = checkpoint.load_tree(os.path.join(folder, 'full'))['snapshots']
     snapshots = [jax.tree.map(lambda a, t=t: a[t], snaps) for t in range(K + 1)]
@@ -65,9 +65,9 @@ def test_recorded_betas_equal_betas_from_saved_full_trajectory(trained):
 
 
 def test_trajectories_load_both_ways_and_agree_at_the_ends(trained):
-    folder = expert.expert_path(trained, 1)
-    mct = expert.load_trajectory(folder, 'mct')
-    mtt = expert.load_trajectory(folder, 'full')
+    folder = expert_store.expert_path(trained, 1)
+    mct = expert_store.load_trajectory(folder, 'mct')
+    mtt = expert_store.load_trajectory(folder, 'full')
     assert mct.num_epochs == mtt.num_epochs == K
     for c in (0, K):
         for a, b in zip(jax.tree.leaves(trajectory.point(mct, c)),
@@ -78,7 +78,7 @@ def test_trajectories_load_both_ways_and_agree_at_the_ends(trained):
 
 
 def test_storage_ratio(trained):
-    folder = expert.expert_path(trained, 0)
+    folder = expert_store.expert_path(trained, 0)
     mct = checkpoint.folder_bytes(os.path.join(folder, 'state'))
     full = checkpoint.folder_bytes(os.path.join(folder, 'full'))
     assert mct < full
@@ -86,13 +86,13 @@ def test_storage_ratio(trained):
 
 def test_seeds_differ_and_same_seed_reproduces(tiny, trained, tmp_path):
     ds, cfg, model = tiny
-    a0 = checkpoint.load_tree(os.path.join(expert.expert_path(trained, 0), 'state'))
-    a1 = checkpoint.load_tree(os.path.join(expert.expert_path(trained, 1), 'state'))
+    a0 = checkpoint.load_tree(os.path.join(expert_store.expert_path(trained, 0), 'state'))
+    a1 = checkpoint.load_tree(os.path.join(expert_store.expert_path(trained, 1), 'state'))
     assert not np.array_equal(a0['anchors']['conv0']['w'], a1['anchors']['conv0']['w'])
     # expert 1 again, alone, in a fresh folder: identical
     expert.train_experts(model, ds, str(tmp_path), cfg, num_experts=2, seed=0,
                          process_index=1, process_count=2)
-    again = checkpoint.load_tree(os.path.join(expert.expert_path(str(tmp_path), 1), 'state'))
+    again = checkpoint.load_tree(os.path.join(expert_store.expert_path(str(tmp_path), 1), 'state'))
     for a, b in zip(jax.tree.leaves(a1), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
 
@@ -103,22 +103,22 @@ def test_resume_skips_complete_and_redoes_partial(tiny, trained, tmp_path):
     shutil.copytree(trained, folder)
     assert expert.train_experts(model, ds, folder, cfg, num_experts=2, seed=0) == []
     # a partial expert (no meta.json, half-written state) is trained again
-    os.remove(os.path.join(expert.expert_path(folder, 1), 'meta.json'))
+    os.remove(os.path.join(expert_store.expert_path(folder, 1), 'meta.json'))
     assert expert.train_experts(model, ds, folder, cfg, num_experts=3, seed=0) == [1, 2]
-    assert len(expert.list_experts(folder)) == 3
+    assert len(expert_store.list_experts(folder)) == 3
 
 
 def test_corrupt_expert_is_reported(trained, tmp_path):
     folder = str(tmp_path / 'e')
     shutil.copytree(trained, folder)
-    state = os.path.join(expert.expert_path(folder, 0), 'state')
+    state = os.path.join(expert_store.expert_path(folder, 0), 'state')
     for root, _, files in os.walk(state):
         for f in files:
             if f != '_CHECKPOINT_METADATA':
                 with open(os.path.join(root, f), 'wb') as fh:
                     fh.write(b'garbage')
     with pytest.raises(checkpoint.CheckpointError, match='corrupt'):
-        expert.load_trajectory(expert.expert_path(folder, 0))
+        expert_store.load_trajectory(expert_store.expert_path(folder, 0))
 
 
 def test_folder_with_other_settings_is_refused(tiny, trained):
@@ -134,7 +134,7 @@ def test_mtt_needs_full_trajectory(tiny, tmp_path):
     cfg = dict(cfg, save_full_trajectory=False, train_epochs=1, anchors=[0, 1])
     expert.train_experts(model, ds, str(tmp_path), cfg, 1, 0)
     with pytest.raises(checkpoint.CheckpointError, match='save_full_trajectory'):
-        expert.load_trajectory(expert.expert_path(str(tmp_path), 0), 'full')
+        expert_store.load_trajectory(expert_store.expert_path(str(tmp_path), 0), 'full')
 
 
 def test_smoothed_anchors(tiny):

@@ -8,6 +8,7 @@ import pytest
 from jax import lax
 
 from mct_jax import models
+from mct_jax.models import conv_net, conv_net_grad
 
 
 @pytest.mark.parametrize('shape,classes,depth,expected', [
@@ -16,22 +17,22 @@ from mct_jax import models
     ((64, 64, 3), 200, 4, 857_160),   # Tiny ImageNet, ConvNetD4
 ])
 def test_exact_parameter_counts(shape, classes, depth, expected):
-    params = jax.eval_shape(lambda k: models.init(k, shape, classes, 128, depth),
+    params = jax.eval_shape(lambda k: conv_net.init(k, shape, classes, 128, depth),
                             jax.random.key(0))
     assert models.num_params(params) == expected
 
 
 def test_depth5_at_128px_and_no_norm():
-    params = jax.eval_shape(lambda k: models.init(k, (128, 128, 3), 10, 128, 5),
+    params = jax.eval_shape(lambda k: conv_net.init(k, (128, 128, 3), 10, 128, 5),
                             jax.random.key(0))
     assert params['dense']['w'].shape == (4 * 4 * 128, 10)
-    p = jax.eval_shape(lambda k: models.init(k, (32, 32, 3), 10, 128, 3, norm='none'),
+    p = jax.eval_shape(lambda k: conv_net.init(k, (32, 32, 3), 10, 128, 3, norm='none'),
                        jax.random.key(0))
     assert models.num_params(p) == 320_010 - 3 * 256
 
 
 def test_init_distribution(key):
-    p = models.init(key, (32, 32, 3), 10, 64, 3)
+    p = conv_net.init(key, (32, 32, 3), 10, 64, 3)
     for name, fan_in in [('conv0', 27), ('conv1', 576), ('dense', 4 * 4 * 64)]:
         bound = 1 / np.sqrt(fan_in)
         w = np.asarray(p[name]['w'])
@@ -71,7 +72,7 @@ def _numpy_convnet(params, x):
 @pytest.mark.parametrize('shape,depth', [((32, 32, 3), 3), ((9, 11, 1), 2)])
 def test_forward_matches_numpy_reference(key, shape, depth):
     k1, k2, k3 = jax.random.split(key, 3)
-    params = models.init(k1, shape, 7, 16, depth)
+    params = conv_net.init(k1, shape, 7, 16, depth)
     # non-trivial affine norm parameters
     for i in range(depth):
         params[f'norm{i}']['scale'] = 1 + 0.3 * jax.random.normal(k3, (16,))
@@ -79,9 +80,9 @@ def test_forward_matches_numpy_reference(key, shape, depth):
     x = jax.random.normal(k2, (5,) + shape)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        out = models.apply(p64, jnp.asarray(x, jnp.float64))
+        out = conv_net.apply(p64, jnp.asarray(x, jnp.float64))
     np.testing.assert_allclose(out, _numpy_convnet(params, x), rtol=1e-10, atol=1e-10)
-    out32 = models.apply(params, x)
+    out32 = conv_net.apply(params, x)
     np.testing.assert_allclose(out32, _numpy_convnet(params, x), rtol=1e-4, atol=1e-4)
 
 
@@ -107,8 +108,8 @@ def test_im2col_conv_matches_lax_to_second_order(key):
             return loss(conv, x * 1.5, w - 0.1 * g)
 
         for f in (loss, meta):
-            np.testing.assert_allclose(f(models.conv3x3, x, w), f(_lax_conv, x, w), rtol=1e-12)
-            ga = jax.grad(f, argnums=(1, 2))(models.conv3x3, x, w)
+            np.testing.assert_allclose(f(conv_net.conv3x3, x, w), f(_lax_conv, x, w), rtol=1e-12)
+            ga = jax.grad(f, argnums=(1, 2))(conv_net.conv3x3, x, w)
             gb = jax.grad(f, argnums=(1, 2))(_lax_conv, x, w)
             for a, b in zip(ga, gb):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -118,18 +119,18 @@ def test_meta_gradient_through_network_matches_lax(key):
     """Second-order gradient through the whole ConvNet with the im2col conv equals the one
     with lax's convolution (float64)."""
     with jax.enable_x64(True):
-        params = models.init(key, (8, 8, 2), 3, 4, 2, dtype=jnp.float64)
+        params = conv_net.init(key, (8, 8, 2), 3, 4, 2, dtype=jnp.float64)
         x = jax.random.normal(jax.random.key(1), (4, 8, 8, 2), jnp.float64)
         y = jnp.array([0, 1, 2, 1])
 
         def make_loss(conv):
             def ce(p, x):
-                orig = models.conv3x3
-                models.conv3x3 = conv
+                orig = conv_net.conv3x3
+                conv_net.conv3x3 = conv
                 try:
-                    logits = models.apply(p, x)
+                    logits = conv_net.apply(p, x)
                 finally:
-                    models.conv3x3 = orig
+                    conv_net.conv3x3 = orig
                 return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
             def meta(x):
@@ -138,16 +139,16 @@ def test_meta_gradient_through_network_matches_lax(key):
                 return ce(p1, x)
             return meta
 
-        ga = jax.grad(make_loss(models.conv3x3))(x)
+        ga = jax.grad(make_loss(conv_net.conv3x3))(x)
         gb = jax.grad(make_loss(_lax_conv))(x)
         np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-12)
 
 
 def test_bad_settings_raise(key):
     with pytest.raises(ValueError, match='norm'):
-        models.init(key, (32, 32, 3), 10, norm='batchnorm')
+        conv_net.init(key, (32, 32, 3), 10, norm='batchnorm')
     with pytest.raises(ValueError, match='too small'):
-        models.init(key, (4, 4, 3), 10, depth=3)
+        conv_net.init(key, (4, 4, 3), 10, depth=3)
     with pytest.raises(ValueError, match='activation'):
         models.convnet((32, 32, 3), 10, act='gelu')
 
@@ -156,7 +157,7 @@ def _float64_case(norm, pool):
     """A two-block float64 network on 9x7x2 images (pooling drops a row and a column), with
     non-trivial norm parameters, six images and five classes."""
     shape = (9, 7, 2)
-    params = models.init(jax.random.key(0), shape, 5, 6, 2, norm, pool, jnp.float64)
+    params = conv_net.init(jax.random.key(0), shape, 5, 6, 2, norm, pool, jnp.float64)
     if norm == 'instancenorm':
         params['norm0']['scale'] = 1 + 0.3 * jax.random.normal(jax.random.key(3), (6,))
         params['norm1']['bias'] = 0.2 * jax.random.normal(jax.random.key(4), (6,))
@@ -168,18 +169,18 @@ def _float64_case(norm, pool):
 @pytest.mark.parametrize('act', tuple(models.ACTIVATIONS))
 @pytest.mark.parametrize('pool', models.POOLS)
 def test_hand_written_gradient_matches_autodiff_float64(norm, act, pool):
-    """models.loss_grad against jax.grad of the cross-entropy of models.apply, float64,
+    """conv_net_grad.loss_grad against jax.grad of the cross-entropy of conv_net.apply, float64,
     for every norm/activation/pooling, an odd image size (pooling drops a row and a column),
     a few-channel first layer (im2col) and a many-channel second one (native convolution)."""
     from mct_jax import train
     with jax.enable_x64(True):
         params, x, y = _float64_case(norm, pool)
         want, want_x = jax.grad(
-            lambda p, x: train.cross_entropy(models.apply(p, x, act, pool), y),
+            lambda p, x: train.cross_entropy(conv_net.apply(p, x, act, pool), y),
             argnums=(0, 1))(params, x)
-        got, got_x, logits = models.loss_grad(params, x, y, act, pool, input_grad=True)
-        assert models.loss_grad(params, x, y, act, pool)[1] is None
-        np.testing.assert_allclose(logits, models.apply(params, x, act, pool), rtol=1e-12)
+        got, got_x, logits = conv_net_grad.loss_grad(params, x, y, act, pool, input_grad=True)
+        assert conv_net_grad.loss_grad(params, x, y, act, pool)[1] is None
+        np.testing.assert_allclose(logits, conv_net.apply(params, x, act, pool), rtol=1e-12)
         scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
         for path, a in jax.tree_util.tree_leaves_with_path(want):
             b = got
@@ -193,14 +194,14 @@ def test_hand_written_gradient_matches_autodiff_float64(norm, act, pool):
 def test_native_convolution_matches_numpy_loop():
     """conv3x3_native (lax for many channels, im2col for few) against explicit loops."""
     rng = np.random.default_rng(0)
-    for c in (2, models.IM2COL_MAX_CHANNELS + 3):
+    for c in (2, conv_net_grad.IM2COL_MAX_CHANNELS + 3):
         x = rng.normal(size=(2, 5, 6, c))
         w = rng.normal(size=(3, 3, c, 4))
         xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         ref = sum(np.einsum('nhwc,co->nhwo', xp[:, dy:dy + 5, dx:dx + 6], w[dy, dx])
                   for dy in range(3) for dx in range(3))
         with jax.enable_x64(True):
-            np.testing.assert_allclose(models.conv3x3_native(jnp.asarray(x), jnp.asarray(w)),
+            np.testing.assert_allclose(conv_net_grad.conv3x3_native(jnp.asarray(x), jnp.asarray(w)),
                                        ref, rtol=1e-12, atol=1e-12)
 
 
@@ -212,12 +213,12 @@ def test_conv_bias_before_instance_norm_has_no_effect_and_zero_gradient():
         x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3), jnp.float64)
         y = jnp.array([0, 1, 2, 3])
         for norm in models.NORMS:
-            params = models.init(jax.random.key(0), (8, 8, 3), 4, 6, 2, norm, dtype=jnp.float64)
+            params = conv_net.init(jax.random.key(0), (8, 8, 3), 4, 6, 2, norm, dtype=jnp.float64)
             shifted = jax.tree.map(lambda a: a, params)
             shifted['conv1'] = dict(params['conv1'], b=params['conv1']['b'] + 3.0)
-            same = np.allclose(models.apply(shifted, x), models.apply(params, x),
+            same = np.allclose(conv_net.apply(shifted, x), conv_net.apply(params, x),
                                rtol=1e-12, atol=1e-12)
-            grads = models.loss_grad(params, x, y)[0]
+            grads = conv_net_grad.loss_grad(params, x, y)[0]
             if norm == 'instancenorm':
                 assert same
                 for i in range(2):
@@ -231,26 +232,26 @@ def test_conv_bias_before_instance_norm_has_no_effect_and_zero_gradient():
 @pytest.mark.parametrize('act', tuple(models.ACTIVATIONS))
 @pytest.mark.parametrize('pool', models.POOLS)
 def test_stored_hvp_matches_forward_mode_autodiff_float64(norm, act, pool):
-    """models.loss_hvp, from the residuals of loss_grad_and_residuals, against jax.jvp of
+    """conv_net_grad.loss_hvp, from the residuals of loss_grad_and_residuals, against jax.jvp of
     the hand-written gradient (itself checked against jax.grad above), float64, for every
     norm/activation/pooling, an odd image size and both convolution forms."""
     with jax.enable_x64(True):
         params, x, y = _float64_case(norm, pool)
-        v = models.init(jax.random.key(7), x.shape[1:], 5, 6, 2, norm, pool, jnp.float64)
+        v = conv_net.init(jax.random.key(7), x.shape[1:], 5, 6, 2, norm, pool, jnp.float64)
         if norm == 'instancenorm':   # a direction that moves every norm parameter
             v = jax.tree.map(lambda a: a, v)
             for i in range(2):
                 v[f'norm{i}'] = {k: jax.random.normal(jax.random.key(10 + i + 2 * j), (6,))
                                  for j, k in enumerate(('scale', 'bias'))}
         (_, _), (want, want_x) = jax.jvp(
-            lambda p: models.loss_grad(p, x, y, act, pool, input_grad=True)[:2], (params,), (v,))
-        grads, logits, res = models.loss_grad_and_residuals(params, x, y, act, pool)
-        ref_grads, _, ref_logits = models.loss_grad(params, x, y, act, pool)
+            lambda p: conv_net_grad.loss_grad(p, x, y, act, pool, input_grad=True)[:2], (params,), (v,))
+        grads, logits, res = conv_net_grad.loss_grad_and_residuals(params, x, y, act, pool)
+        ref_grads, _, ref_logits = conv_net_grad.loss_grad(params, x, y, act, pool)
         np.testing.assert_array_equal(logits, ref_logits)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
             np.testing.assert_array_equal(a, b)
-        got, got_x = models.loss_hvp(params, res, x, y, v, act, pool, input_grad=True)
-        assert models.loss_hvp(params, res, x, y, v, act, pool)[1] is None
+        got, got_x = conv_net_grad.loss_hvp(params, res, x, y, v, act, pool, input_grad=True)
+        assert conv_net_grad.loss_hvp(params, res, x, y, v, act, pool)[1] is None
         assert jax.tree.structure(got) == jax.tree.structure(want)
         scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
         for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
@@ -283,13 +284,13 @@ def test_stored_residuals_are_the_pooled_cotangents_and_norm_statistics(norm, po
 
 def test_relu_as_masked_product_matches_maximum_and_its_derivative():
     z = np.array([-2.5, -1e-30, -0.0, 0.0, 1e-30, 3.0, np.inf, np.nan], np.float32)
-    got = np.asarray(models.relu(jnp.asarray(z)))
+    got = np.asarray(conv_net.relu(jnp.asarray(z)))
     np.testing.assert_array_equal(got, np.maximum(z, np.float32(0)))  # -0.0 == 0.0; NaN stays
     # -inf (only ever reached after a divergence) becomes NaN rather than 0, so it is not
     # silently hidden: the run's non-finite check reports it.
-    assert np.isnan(np.asarray(models.relu(jnp.float32(-np.inf))))
+    assert np.isnan(np.asarray(conv_net.relu(jnp.float32(-np.inf))))
     # Derivative: 1 where z > 0, else 0, including at 0 (as jax.nn.relu).
     zf = jnp.asarray(z[np.isfinite(z)])
-    grad = np.asarray(jax.vmap(jax.grad(models.relu))(zf))
+    grad = np.asarray(jax.vmap(jax.grad(conv_net.relu))(zf))
     np.testing.assert_array_equal(grad, np.asarray(jax.vmap(jax.grad(jax.nn.relu))(zf)))
     np.testing.assert_array_equal(grad, (np.asarray(zf) > 0).astype(np.float32))

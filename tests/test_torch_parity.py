@@ -25,8 +25,11 @@ def test_loss_and_gradients_match_pytorch(width, n, steps):
         images = jax.random.normal(jax.random.key(2), (n, 8, 8, 3), jnp.float64)
         labels = jnp.arange(n) % 5
         lr = jnp.float64(0.05)
-        loss, (g_img, g_lr) = jax.value_and_grad(rollout.meta_loss, argnums=(0, 1))(
-            images, lr, m.apply, labels, start, target, jax.random.key(3), steps, n, False)
+        loss, grads = jax.value_and_grad(rollout.meta_loss)(
+            {'images': images, 'lr': lr}, labels, start, target, jax.random.key(3),
+            m._replace(loss_grad=None, stored_hvp=None),
+            rollout.RolloutOptions(steps, n, use_dsa=False))
+        g_img, g_lr = grads['images'], grads['lr']
 
     net = torch_reference.FlatConvNet(3, width, 2, 5, 8)
     t_start, t_img = torch_reference.from_jax(start, images, torch.float64)

@@ -9,8 +9,8 @@ import pytest
 from absl import flags
 
 from conftest import REPO
-from mct_jax import flags as _defines  # noqa: F401  (defines every flag)
-from mct_jax import validate
+from mct_jax.cli import flags as _defines  # noqa: F401  (defines every flag)
+from mct_jax.cli import validate
 
 FLAGS = flags.FLAGS
 

@@ -1,18 +1,20 @@
-"""Every command-line flag of mct_jax, defined once here.
+"""Every command-line flag of mct_jax, defined once here, and what the commands build from them.
 
-All entry points (``mct_jax.expert``, ``mct_jax.distill``, ``mct_jax.evaluate``) import this
-module, so one preset flagfile (``experiments/*.cfg``) serves every command and a flag means
-the same thing everywhere. Users and scripts depend on these names; the distillation flags
-keep the reference MTT code's names (``--ipc --syn_steps --expert_epochs ...``).
+This module and the rest of :mod:`mct_jax.cli` are the only code that reads ``FLAGS``; the
+library takes plain values. All entry points (``python -m mct_jax.expert``,
+``mct_jax.distill``, ``mct_jax.evaluate``) import it, so one preset flagfile
+(``experiments/*.cfg``) serves every command and a flag means the same thing everywhere. The
+distillation flags keep the reference MTT code's names (``--ipc --syn_steps
+--expert_epochs ...``). ``docs/flags.md`` lists them all.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import flags
+from absl import flags, logging
 
-from mct_jax import data, models, rollout
+from mct_jax import data, distill, expert_store, models, rollout, trajectory
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +48,8 @@ flags.DEFINE_boolean('tensorboard', True, 'Also write TensorBoard event files in
                      'folder (tensorboard --logdir OUT_DIR); metrics.jsonl is always written.')
 flags.DEFINE_boolean('pictures', True, 'Write PNGs: synthetic image grids and curves '
                      '(distillation), beta curves and accuracy per epoch (experts).')
+flags.DEFINE_boolean('log_prefix', False, "Prefix log lines with absl's level, date, thread and "
+                     'source line (default: the time only).')
 flags.DEFINE_string('compilation_cache', os.environ.get('MCT_JAX_CACHE', '~/.cache/mct_jax/xla'),
                     'Folder of the persistent XLA compilation cache (a second run of a command '
                     'starts without recompiling); empty to disable. Env: MCT_JAX_CACHE.')
@@ -117,11 +121,20 @@ flags.DEFINE_enum('baseline', None, ['random', 'full'], 'Evaluate a baseline ins
 
 ACT = 'relu'
 POOL = 'avgpool'
+# What distillation and evaluation take from the experts' (or the synthetic set's) settings
+# when the command line does not give it.
+INHERITED = ('dataset', 'data_source', 'data_dir', 'train_images_per_class', 'zca', 'width',
+             'depth', 'norm')
 
 
 def expert_dir() -> str:
     """``--expert_dir``, or its default ``runs/<dataset>/experts``."""
     return FLAGS.expert_dir or os.path.join('runs', FLAGS.dataset, 'experts')
+
+
+def out_dir(method: str, ipc: int) -> str:
+    """``--out_dir``, or its default ``runs/<dataset>/<method>_ipc<ipc>``."""
+    return FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{method}_ipc{ipc}')
 
 
 def load_data() -> data.Dataset:
@@ -131,7 +144,8 @@ def load_data() -> data.Dataset:
 
 
 def model_settings(ds: data.Dataset) -> dict:
-    """The architecture as a JSON-able dict (stored with experts and synthetic sets)."""
+    """The architecture as a JSON-able dict (stored with experts and synthetic sets;
+    :func:`mct_jax.models.from_config` builds it)."""
     return {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
             'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm, 'act': ACT,
             'pool': POOL}
@@ -143,7 +157,100 @@ def data_settings() -> dict:
             'zca': FLAGS.zca}
 
 
-def model_from_settings(m: dict) -> models.Model:
-    """Builds the ``(init, apply)`` pair from :func:`model_settings`."""
-    return models.convnet(tuple(m['image_shape']), m['num_classes'], m['width'], m['depth'],
-                          m['norm'], m['act'], m['pool'])
+def data_location() -> dict:
+    """Where the data was read from (stored, never compared: see
+    :data:`mct_jax.expert_store.LOCATION_KEYS`)."""
+    data_dir = FLAGS.data_dir and os.path.abspath(os.path.expanduser(FLAGS.data_dir))
+    return {'data_source': FLAGS.data_source, 'data_dir': data_dir}
+
+
+def inherit(stored: dict, where: str) -> list[str]:
+    """Takes each of :data:`INHERITED` from ``stored`` settings when the command line (or a
+    flagfile) does not set it, and logs what it took. A flag that is set keeps its value, so
+    a contradiction is still reported by the checks that compare them. Returns the names
+    taken."""
+    taken = []
+    for name in INHERITED:
+        if name in stored and not FLAGS[name].present and FLAGS[name].value != stored[name]:
+            FLAGS[name].value = stored[name]
+            taken.append(name)
+    if taken:
+        logging.info('Using %s from %s.',
+                     ', '.join(f'--{n}={FLAGS[n].value}' for n in taken), where)
+    return taken
+
+
+def inherit_from_experts() -> list[str]:
+    """:func:`inherit` from ``--expert_dir``'s ``config.json``, if it has one (an unreadable
+    one is left to the checks, which report it)."""
+    folder = expert_dir()
+    try:
+        stored = expert_store.read_config(folder)
+    except Exception:   # noqa: BLE001 -- reported by validate with its fix
+        return []
+    return inherit(stored, os.path.join(folder, expert_store.CONFIG_FILE))
+
+
+# ---- expert training
+
+def anchors() -> tuple[int, ...]:
+    """``--anchors`` checked against ``--train_epochs`` (default ``0,K``)."""
+    k = FLAGS.train_epochs
+    raw = FLAGS.anchors or ['0', str(k)]
+    try:
+        epochs = [int(a) for a in raw]
+    except ValueError:
+        raise ValueError(f'--anchors={",".join(raw)} must be integers, e.g. --anchors=0,{k}.')
+    return trajectory.check_anchor_epochs(epochs, k)
+
+
+def training_settings() -> dict:
+    """The expert-training flags stored in an expert folder's config (anchors aside)."""
+    return dict(train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
+                batch_train=FLAGS.batch_train, smooth_anchors=FLAGS.smooth_anchors,
+                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
+
+
+def expert_config(ds: data.Dataset) -> dict:
+    """Everything that must agree between runs writing into one expert folder, and where
+    the data came from."""
+    return dict(model_settings(ds), **data_settings(), **training_settings(),
+                anchors=list(anchors()), **data_location())
+
+
+# ---- distillation
+
+def distill_settings() -> distill.Settings:
+    """The distillation hyperparameters from the flags."""
+    sampling = FLAGS.start_sampling or ('continuous' if FLAGS.method == 'mct' else 'integer')
+    fields = {f: getattr(FLAGS, f) for f in distill.Settings._fields if f != 'start_sampling'}
+    if FLAGS.lr_syn_init is not None:
+        fields['lr_teacher'] = FLAGS.lr_syn_init
+    return distill.Settings(**fields, start_sampling=sampling)
+
+
+# ---- documentation
+
+_SECTIONS = {'dataset': 'shared', 'num_experts': 'expert training (python -m mct_jax.expert)',
+             'method': 'distillation (python -m mct_jax.distill)',
+             'synthetic': 'evaluation (python -m mct_jax.evaluate)'}
+
+
+def glossary() -> str:
+    """``docs/flags.md``: every flag of this module with its default and help, in order of
+    definition (``tests/test_cli.py`` checks that the file equals this)."""
+    lines = ['# Flags', '',
+             'Every command accepts every flag (defined once, in `mct_jax/cli/flags.py`); a flag '
+             'a command does not use is ignored by it. `python -m mct_jax.distill --helpfull` '
+             'prints the same. This page is generated: `python -c "from mct_jax.cli import '
+             'flags; print(flags.glossary(), end=\'\')" > docs/flags.md`.', '',
+             '| flag | default | meaning |', '|---|---|---|']
+    for f in FLAGS.flags_by_module_dict()[__name__]:
+        if f.name in _SECTIONS:
+            lines.append(f'| **{_SECTIONS[f.name]}** | | |')
+        default = f.default
+        if isinstance(default, (list, tuple)):
+            default = ','.join(map(str, default))
+        default = '' if default is None else default
+        lines.append(f'| `--{f.name}` | {default} | {f.help.replace("|", "/")} |')
+    return '\n'.join(lines) + '\n'

@@ -1,28 +1,26 @@
 """Distillation by trajectory matching: MCT (convexified trajectories, continuous starts) and
 MTT (full trajectories, integer starts), METHOD.md section 4.
 
-``python -m mct_jax.distill [flags]`` reads experts from ``--expert_dir`` and writes to
-``--out_dir``:
-
-    synthetic.npz   latest synthetic set: images, labels, lr, images_display, settings, ...
-    best.npz        the best evaluated one (never replaced by a worse or broken set)
-    metrics.jsonl   one JSON line per iteration and per evaluation
-    checkpoint/     Orbax: the whole state; re-running the same command resumes from it
-    tensorboard/    the same metrics and the image grids as TensorBoard events
-    synthetic.png   the latest synthetic images (one row per class; images/ keeps every
-                    evaluation's grid), progress.png: accuracy, loss and learned lr curves
-
 The synthetic set is a pytree ``{'images': [n, H, W, C], 'lr': []}`` updated by SGD with
-momentum 0.5 (``lr_img`` and ``lr_lr``). Iteration t draws its expert and start from
-``(seed, t)`` and its rollout key from ``fold_in(key(seed), t)``, so a resumed run repeats
-an uninterrupted one exactly.
+momentum 0.5 (``lr_img`` and ``lr_lr``). Each iteration of :meth:`Distiller.run`:
+
+1. draws (expert, start) pairs from ``(seed, iteration)`` (:func:`sample_start`) and reads
+   the start and target parameters off the trajectories (eqs. 8 and 10);
+2. takes the exact meta-gradient of the matching loss through the student rollout
+   (:mod:`mct_jax.parallel`, :mod:`mct_jax.rollout`), with the rollout key
+   ``fold_in(key(seed), iteration)``;
+3. updates the set, unless the loss, the gradient or the new learned lr is broken
+   (:func:`make_update`);
+4. every ``eval_every`` iterations, evaluates the set and hands it to the run folder
+   (:mod:`mct_jax.run_folder`), which saves it and checkpoints the state.
+
+A resumed run therefore repeats an uninterrupted one exactly. The command
+``python -m mct_jax.distill`` is :mod:`mct_jax.distill.__main__`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import threading
 import time
 from typing import NamedTuple
@@ -31,13 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags, logging
+from absl import logging
 
-from mct_jax import (checkpoint, cli, data, evaluate, expert, monitor, parallel, rollout,
-                     trajectory, validate)
-from mct_jax import flags as shared
-
-FLAGS = flags.FLAGS
+from mct_jax import checkpoint, data, evaluate, monitor, parallel, rollout, trajectory
+from mct_jax.run_folder import RunFolder
 
 
 class Settings(NamedTuple):
@@ -83,11 +78,6 @@ def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
                                   'lr': optax.sgd(lr_lr, momentum=0.5)},
                                  {'images': 'images', 'lr': 'lr'})
 
-
-SETTINGS_FILE = 'settings.json'
-# Settings that may differ when a run is resumed: extending it, or evaluating it differently.
-# How the meta-gradient is computed (the same derivative either way) may change too.
-RESUMABLE_CHANGES = ('iterations', 'meta_grad', 'remat', 'residual_budget_gb')
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
 
@@ -181,21 +171,31 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
 # ----------------------------------------------------------------------------- the run
 
 class Distiller:
-    """Holds the compiled pieces of one distillation run; :meth:`run` does the loop."""
+    """Holds the compiled pieces of one distillation run; :meth:`run` does the loop.
+
+    Args:
+      s: the hyperparameters.
+      model: the student network (the experts' architecture).
+      ds: the dataset (its training images initialise the set, its test images evaluate).
+      trajectories: the experts, as :class:`mct_jax.trajectory.Trajectory`.
+      out_dir: the run folder (:class:`mct_jax.run_folder.RunFolder`).
+      settings_json: every setting, stored with the run and each saved set.
+      devices: where the meta-gradient runs (default: every device of every process).
+      progress: 'auto', 'bar', 'log' or 'none'.
+      tensorboard, pictures: the optional outputs.
+    """
 
     def __init__(self, s: Settings, model, ds: data.Dataset, trajectories: list,
                  out_dir: str, settings_json: dict, devices=None, progress: str = 'auto',
                  tensorboard: bool = True, pictures: bool = True):
         self.s, self.model, self.ds, self.trajs = s, model, ds, trajectories
-        self.out_dir = out_dir
-        self.settings_json = settings_json
-        self.progress, self.tensorboard, self.pictures = progress, tensorboard, pictures
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
         every = list(devices or jax.devices())   # of all processes
-        self.meta_grad = parallel.make_meta_grad(
-            model.apply, s.syn_steps, self.batch, s.dsa, s.remat, every, model.loss_grad,
-            s.meta_grad, model.stored_hvp, s.residual_budget_gb * 1e9)
+        self.options = rollout.RolloutOptions(
+            num_steps=s.syn_steps, batch_size=self.batch, use_dsa=s.dsa, method=s.meta_grad,
+            remat=s.remat, residual_budget=s.residual_budget_gb * 1e9)
+        self.meta_grad = parallel.make_meta_grad(model, self.options, every)
         self.tx = make_optimizer(s.lr_img, s.lr_lr)
         self.residual_plan = self._residual_plan(len(every))
         per = self.batch // len(every)
@@ -209,12 +209,14 @@ class Distiller:
         # Multi-process runs: every process runs the same loop on the same state; process 0
         # alone writes files (the output folder must be shared for resuming).
         self.primary = jax.process_index() == 0
-        if not self.primary:
-            self.progress, self.tensorboard, self.pictures = 'none', False, False
+        self.progress = progress if self.primary else 'none'
+        self.folder = RunFolder(out_dir, settings_json, ds.to_display, ds.class_names,
+                                f'{s.method.upper()}, ipc {s.ipc}, N {s.syn_steps}',
+                                self.primary, tensorboard, pictures)
         self.update = make_update(self.tx, self.devices[0])
         self.point = jax.jit(trajectory.point)
         self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
-                                                 use_dsa=s.dsa, together='loop')
+                                                 use_dsa=s.dsa)
         self.key = jax.random.key(s.seed)
         self.x_test, self.y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
 
@@ -227,10 +229,11 @@ class Distiller:
         local = self.batch // num_devices
         # As parallel.make_meta_grad: the S rollouts share the budget.
         store, need = rollout.residual_plan(
-            model.stored_hvp, jax.eval_shape(model.init, jax.random.key(0)),
+            model, jax.eval_shape(model.init, jax.random.key(0)),
             jax.ShapeDtypeStruct((local,) + tuple(self.ds.x_train.shape[1:]), jnp.float32),
-            jax.ShapeDtypeStruct((local,), jnp.int32), s.syn_steps, s.remat,
-            s.residual_budget_gb * 1e9 / s.num_samples)
+            jax.ShapeDtypeStruct((local,), jnp.int32),
+            self.options._replace(residual_budget=self.options.residual_budget
+                                  / s.num_samples))
         need = need * s.num_samples / 1e9
         size = f'{need:.2f} GB' if need >= 1 else f'{need * 1e3:.1f} MB'
         if s.remat:
@@ -246,6 +249,7 @@ class Distiller:
     # -- state
 
     def initial_state(self):
+        """``(syn, opt_state, labels)``: real images of each class, the initial learned lr."""
         images, labels = init_synthetic(jax.random.fold_in(self.key, 10**9), self.ds.x_train,
                                         self.ds.y_train, self.ds.num_classes, self.s.ipc)
         syn = {'images': jnp.asarray(images), 'lr': jnp.float32(self.s.lr_teacher)}
@@ -254,6 +258,8 @@ class Distiller:
     def _place(self, tree):
         """Commits arrays to the first device with the layout the jitted update returns."""
         return jax.device_put(tree, jax.sharding.SingleDeviceSharding(self.devices[0]))
+
+    # -- the steps of an iteration
 
     def _meta_grad_args(self, syn, labels, iteration: int):
         """The meta-gradient's arguments at ``iteration`` and the (expert, start) samples."""
@@ -269,8 +275,7 @@ class Distiller:
             keys.append(key if j == 0 else jax.random.fold_in(key, j))
             samples.append((e, c))
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-        return ((syn['images'], syn['lr'], labels, stack(starts), stack(targets),
-                 jnp.stack(keys)), samples)
+        return (syn, labels, stack(starts), stack(targets), jnp.stack(keys)), samples
 
     def compile_ahead(self, syn, labels, iteration: int):
         """Starts compiling the meta-gradient for ``iteration`` on a background thread (the
@@ -288,11 +293,12 @@ class Distiller:
     def step(self, syn, opt_state, labels, iteration: int):
         """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
         args, samples = self._meta_grad_args(syn, labels, iteration)
-        loss, g_img, g_lr = self.meta_grad(*args)
-        syn, opt_state, fault = self.update(syn, opt_state, {'images': g_img, 'lr': g_lr}, loss)
+        loss, grads = self.meta_grad(*args)
+        syn, opt_state, fault = self.update(syn, opt_state, grads, loss)
         return syn, opt_state, float(loss), int(fault), samples
 
     def evaluate(self, syn, labels, iteration: int) -> dict:
+        """Trains ``num_eval`` networks on the set; mean and std of their test accuracy."""
         with monitor.Progress(self.s.num_eval, f'evaluate it {iteration}', unit='net',
                               mode=self.progress, leave=False) as bar:
             acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
@@ -301,153 +307,41 @@ class Distiller:
                                                           checkpoint.crash_point('evaluate')))
         return evaluate.summarize(acc)
 
-    def _pictures(self, images, labels, iteration, writer):
-        """Runs on the background thread (see :meth:`run`), from NumPy copies."""
-        grid = monitor.image_grid(self.ds.to_display(images), labels, self.ds.class_names)
-        os.makedirs(os.path.join(self.out_dir, 'images'), exist_ok=True)
-        monitor.save_png(os.path.join(self.out_dir, 'images', f'iteration_{iteration:06d}.png'),
-                         grid)
-        monitor.save_png(os.path.join(self.out_dir, 'synthetic.png'), grid)
-        if writer:
-            writer.image('synthetic_images', iteration, grid)
-        monitor.plot_distillation(os.path.join(self.out_dir, 'metrics.jsonl'),
-                                  os.path.join(self.out_dir, 'progress.png'),
-                                  f'{self.s.method.upper()}, ipc {self.s.ipc}, N {self.s.syn_steps}')
+    def _evaluates_at(self, iteration: int) -> bool:
+        return iteration % self.s.eval_every == 0 or iteration == self.s.iterations
 
-    # -- files
-
-    def _npz(self, path, syn, labels, iteration, summary):
-        if not self.primary:
-            return
-        images = np.asarray(syn['images'])
-        checkpoint.write_npz(path, images=images, labels=np.asarray(labels),
-                             lr=np.float32(syn['lr']), iteration=np.int64(iteration),
-                             accuracy_mean=np.float64(summary['mean']),
-                             accuracy_std=np.float64(summary['std']),
-                             images_display=self.ds.to_display(images).astype(np.float32),
-                             class_names=np.asarray(self.ds.class_names),
-                             settings=np.asarray(json.dumps(self.settings_json)))
-
-    def _save_checkpoint(self, syn, opt_state, iteration, best, metrics_lines):
-        if not self.primary:
-            return
-        checkpoint.save_tree(os.path.join(self.out_dir, 'checkpoint'), {
-            'syn': syn, 'opt': jax.tree.leaves(opt_state),
-            'iteration': np.int64(iteration), 'best': np.float64(best),
-            'metrics_lines': np.int64(metrics_lines)}, keep_previous=True)
-
-    def _restore(self, opt_state):
-        """The saved state, or None when the run has no checkpoint yet.
-
-        A damaged latest checkpoint falls back to the previous one (a warning says so); the
-        best accuracy so far is the larger of the checkpoint's and ``best.npz``'s, so a
-        resumed run never replaces ``best.npz`` with a worse set.
-        """
-        path = os.path.join(self.out_dir, 'checkpoint')
-        if not any(os.path.isdir(path + sfx) for sfx in checkpoint.FALLBACKS):
-            return None
-        try:
-            tree, _ = checkpoint.load_tree_or_previous(path)
-        except checkpoint.CheckpointError as e:
-            raise checkpoint.CheckpointError(
-                f'{e} Nothing was overwritten; remove {path}* to restart this run from '
-                'scratch.') from e
-        treedef = jax.tree.structure(opt_state)
-        opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in tree['opt']])
-        syn = jax.tree.map(jnp.asarray, tree['syn'])
-        syn, opt_state = self._place((syn, opt_state))
-        best = float(tree['best'])
-        best_path = os.path.join(self.out_dir, 'best.npz')
-        if os.path.isfile(best_path):
-            try:
-                with np.load(best_path) as z:
-                    best = max(best, float(z['accuracy_mean']))
-            except Exception as e:  # a damaged best.npz may be replaced by the next best
-                logging.warning('Cannot read %s (%s); it will be replaced by the next '
-                                'evaluated set.', best_path, e)
-        return syn, opt_state, int(tree['iteration']), best, int(tree['metrics_lines'])
-
-    # -- loop
-
-    def _check_out_dir(self):
-        """Refuses to resume a run whose settings differ (``--iterations`` may grow)."""
-        path = os.path.join(self.out_dir, SETTINGS_FILE)
-        if not self.primary:
-            return
-        if not os.path.isfile(path):
-            checkpoint.write_json(path, self.settings_json)
-            return
-        stored = checkpoint.read_json(path)
-        mine = json.loads(json.dumps(self.settings_json))  # tuples -> lists, as stored
-        diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {mine.get(k)!r}'
-                 for k in sorted(set(stored) | set(mine))
-                 if k not in RESUMABLE_CHANGES and stored.get(k) != mine.get(k)]
-        if diffs:
-            raise ValueError(f'{self.out_dir} holds a run with other settings:\n  '
-                             + '\n  '.join(diffs) + '\nUse another --out_dir to start a new '
-                             'run, or the same settings to resume this one.')
+    # -- the loop
 
     def run(self) -> dict:
-        s = self.s
-        if self.primary:
-            os.makedirs(self.out_dir, exist_ok=True)
-        self._check_out_dir()
+        """Distils (or resumes distilling) to ``s.iterations``; returns the last evaluation."""
+        s, folder = self.s, self.folder
+        folder.check_settings()
         syn, opt_state, labels = self.initial_state()
         if self.primary:
             logging.info('Devices: %s.', self.device_plan)
-        if self.residual_plan and self.primary:
-            logging.info('Meta-gradient: %s.', self.residual_plan)
-        metrics_path = os.path.join(self.out_dir, 'metrics.jsonl')
-        first, best, lines = 0, -np.inf, []
-        restored = self._restore(opt_state)
+            if self.residual_plan:
+                logging.info('Meta-gradient: %s.', self.residual_plan)
+        first, restored = 0, folder.restore(opt_state, self._place)
         if restored:
-            syn, opt_state, first, best, n_lines = restored
-            with open(metrics_path) as f:
-                lines = f.read().splitlines()[:n_lines]
-            logging.info('Resuming from iteration %d (best so far %.2f%%).', first, best)
-        if self.primary:
-            with open(metrics_path, 'w') as f:
-                f.write(''.join(line + '\n' for line in lines))
-        metrics = open(metrics_path if self.primary else os.devnull, 'a')
-        writer = (monitor.EventWriter(os.path.join(self.out_dir, 'tensorboard'),
-                                      purge_step=first if restored else None)
-                  if self.tensorboard else None)
+            syn, opt_state, first = restored
+            logging.info('Resuming from iteration %d (best so far %.2f%%).', first,
+                         folder.best)
+        folder.open(first if restored else None)
         bar = monitor.Progress(s.iterations, 'distill', initial=first, mode=self.progress)
-        background = monitor.Background()   # pictures, off the training loop
-
-        def log(record):
-            metrics.write(json.dumps(record) + '\n')
-            metrics.flush()
-            lines.append(None)
-
-        result, last_acc = {}, None
         ahead = (self.compile_ahead(syn, labels, first)
                  if first < s.iterations and not restored else None)
+        result, last_acc = {}, None
         try:
             for it in range(first, s.iterations + 1):
-                if (it % s.eval_every == 0 or it == s.iterations) and not (restored and it == first):
+                if self._evaluates_at(it) and not (restored and it == first):
                     summary = self.evaluate(syn, labels, it)
                     last_acc = summary['mean']
-                    log({'iteration': it, 'eval': summary, 'lr': float(syn['lr'])})
+                    lr = float(syn['lr'])
                     bar.write(f'iteration {it}: accuracy {summary["mean"]:.2f} +- '
-                              f'{summary["std"]:.2f} % (lr {float(syn["lr"]):.4g})')
-                    self._npz(os.path.join(self.out_dir, 'synthetic.npz'), syn, labels, it,
-                              summary)
-                    if summary['mean'] > best:
-                        best = summary['mean']
-                        self._npz(os.path.join(self.out_dir, 'best.npz'), syn, labels, it,
-                                  summary)
-                    if writer:
-                        writer.scalars(it, {'eval/accuracy_mean': summary['mean'],
-                                            'eval/accuracy_std': summary['std'],
-                                            'eval/best': best})
-                        writer.flush()
-                    if self.pictures:
-                        background.submit(self._pictures, np.asarray(syn['images']),
-                                          np.asarray(labels), it, writer)
-                    self._save_checkpoint(syn, opt_state, it, best, len(lines))
-                    result = {'iteration': it, 'accuracy': summary, 'best': best,
-                              'lr': float(syn['lr'])}
+                              f'{summary["std"]:.2f} % (lr {lr:.4g})')
+                    folder.record_evaluation(it, syn, labels, summary, opt_state)
+                    result = {'iteration': it, 'accuracy': summary, 'best': folder.best,
+                              'lr': lr}
                 if it == s.iterations:
                     break
                 if ahead is not None:
@@ -458,19 +352,12 @@ class Distiller:
                 seconds = time.time() - t0
                 checkpoint.crash_point('iteration')
                 lr = float(syn['lr'])
-                log({'iteration': it, 'loss': loss, 'lr': lr,
+                folder.record_iteration(
+                    {'iteration': it, 'loss': loss, 'lr': lr,
                      'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
-                     'fault': FAULTS[fault], 'seconds': seconds})
-                if writer:
-                    writer.scalars(it, {'train/matching_loss': loss, 'train/learned_lr': lr,
-                                        'train/seconds_per_iteration': seconds,
-                                        'train/fault': fault})
+                     'fault': FAULTS[fault], 'seconds': seconds}, fault)
                 if fault:
-                    msg = (f'iteration {it}: {FAULTS[fault]}; the update was skipped. Usually '
-                           '--lr_img or --lr_lr is too large: lower it.')
-                    if s.on_fault == 'stop':
-                        raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
-                    bar.write('warning: ' + msg)
+                    self._on_fault(it, fault, bar)
                 stats = {'loss': loss, 'lr': lr}
                 if last_acc is not None:
                     stats['acc'] = round(last_acc, 2)
@@ -479,71 +366,12 @@ class Distiller:
             if ahead is not None:   # the run stopped before its first iteration
                 ahead.join()
             bar.close()
-            metrics.flush()
-            background.close()   # the pictures read metrics.jsonl
-            metrics.close()
-            if writer:
-                writer.close()
+            folder.close()
         return result
 
-
-# ----------------------------------------------------------------------------- command line
-
-def settings_from_flags() -> Settings:
-    sampling = FLAGS.start_sampling or ('continuous' if FLAGS.method == 'mct' else 'integer')
-    fields = {f: getattr(FLAGS, f) for f in Settings._fields if f != 'start_sampling'}
-    if FLAGS.lr_syn_init is not None:
-        fields['lr_teacher'] = FLAGS.lr_syn_init
-    return Settings(**fields, start_sampling=sampling)
-
-
-def load_experts(expert_dir: str, method: str, beta_mode: str, max_experts: int | None,
-                 expected: dict) -> list:
-    """Loads the complete experts of a folder as trajectories, after checking their settings."""
-    if not os.path.isfile(os.path.join(expert_dir, expert.CONFIG_FILE)):
-        raise FileNotFoundError(f'No experts in {expert_dir}: train them first with '
-                                f'python -m mct_jax.expert --expert_dir={expert_dir} '
-                                '(and the same data and model flags).')
-    expert.check_config(expert_dir, expected, keys=list(expected))
-    folders = expert.list_experts(expert_dir)[:max_experts]
-    if not folders:
-        raise FileNotFoundError(f'{expert_dir} has no complete expert yet; run '
-                                'python -m mct_jax.expert first.')
-    kind = 'full' if method == 'mtt' else 'mct'
-    trajs = []
-    for f in folders:
-        try:
-            trajs.append(expert.load_trajectory(f, kind, beta_mode))
-        except checkpoint.CheckpointError as e:
-            if 'no full trajectory' in str(e):
-                raise
-            logging.warning('Skipping expert %s: %s', f, e)
-    if not trajs:
-        raise FileNotFoundError(f'No readable expert in {expert_dir}.')
-    return trajs
-
-
-def main(argv):
-    del argv
-    s = settings_from_flags()
-    validate.raise_if_any(validate.distill_command_problems(jax.device_count()),
-                          'distillation')
-    ds = shared.load_data()
-    m_settings = shared.model_settings(ds)
-    expected = dict(m_settings, **shared.data_settings())
-    trajs = load_experts(shared.expert_dir(), s.method, s.beta_mode, s.max_experts, expected)
-    counts = np.bincount(ds.y_train, minlength=ds.num_classes).tolist()
-    validate.raise_if_any(check_settings(s, trajs[0].num_epochs, counts, jax.device_count()),
-                          'distillation')
-    out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
-    settings_json = dict(s._asdict(), **expected, expert_dir=shared.expert_dir(),
-                         num_experts_used=len(trajs))
-    logging.info('Distilling %s, %d experts, %s -> %s', FLAGS.dataset, len(trajs), s, out_dir)
-    result = Distiller(s, shared.model_from_settings(m_settings), ds, trajs, out_dir,
-                       settings_json, progress=FLAGS.progress, tensorboard=FLAGS.tensorboard,
-                       pictures=FLAGS.pictures).run()
-    print(json.dumps(result))
-
-
-if __name__ == '__main__':
-    cli.run(main)
+    def _on_fault(self, iteration: int, fault: int, bar) -> None:
+        msg = (f'iteration {iteration}: {FAULTS[fault]}; the update was skipped. Usually '
+               '--lr_img or --lr_lr is too large: lower it.')
+        if self.s.on_fault == 'stop':
+            raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
+        bar.write('warning: ' + msg)

@@ -2,7 +2,7 @@
 
 Each check returns a list of problems, each naming the problem and the fix, so a user sees
 all of them at once instead of one per attempt. :func:`raise_if_any` turns them into one
-``ValueError`` (printed as ``error: ...`` with exit status 2 by :mod:`mct_jax.cli`).
+``ValueError`` (printed as ``error: ...`` with exit status 2 by :func:`mct_jax.cli.run`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from absl import flags
 
-from mct_jax import data
+from mct_jax import checkpoint, data, distill, expert_store
+from mct_jax.cli import flags as cli_flags
 
 FLAGS = flags.FLAGS
 
@@ -22,6 +23,7 @@ class ValidationError(ValueError):
 
 
 def raise_if_any(problems: list[str], what: str) -> None:
+    """Raises one :class:`ValidationError` listing every problem, if there are any."""
     if problems:
         n = len(problems)
         raise ValidationError(f'{n} problem{"s" if n > 1 else ""} with the {what} settings '
@@ -75,6 +77,7 @@ def data_problems() -> list[str]:
 
 
 def model_problems() -> list[str]:
+    """The model flags: sizes positive, not more poolings than the images allow."""
     problems = []
     if FLAGS.width < 1:
         problems.append(f'--width={FLAGS.width} must be at least 1.')
@@ -89,20 +92,20 @@ def model_problems() -> list[str]:
 
 def _flag_config() -> dict:
     """The data and model settings of an expert folder that the flags alone determine."""
-    from mct_jax import flags as shared
-    return dict(shared.data_settings(), width=FLAGS.width, depth=FLAGS.depth, norm=FLAGS.norm)
+    return dict(cli_flags.data_settings(), width=FLAGS.width, depth=FLAGS.depth,
+                norm=FLAGS.norm)
 
 
 def stored_config_problems(expert_dir: str, keys) -> list[str]:
-    from mct_jax import checkpoint, expert
-    path = os.path.join(expert_dir, expert.CONFIG_FILE)
+    """Each of ``keys`` on which the flags contradict the expert folder's config."""
+    path = os.path.join(expert_dir, expert_store.CONFIG_FILE)
     if not os.path.isfile(path):
         return []
     try:
         stored = checkpoint.read_json(path)
     except checkpoint.CheckpointError as e:
         return [str(e)]
-    mine = dict(_flag_config(), **expert.training_settings_from_flags())
+    mine = dict(_flag_config(), **cli_flags.training_settings())
     return [f'{expert_dir} holds experts with {k}={stored.get(k)!r} but the flags say '
             f'{mine[k]!r}; use the same settings or another --expert_dir.'
             for k in keys if k in stored and stored.get(k) != mine[k]]
@@ -110,7 +113,6 @@ def stored_config_problems(expert_dir: str, keys) -> list[str]:
 
 def expert_command_problems() -> list[str]:
     """``python -m mct_jax.expert``."""
-    from mct_jax import flags as shared
     problems = data_problems() + model_problems()
     if FLAGS.num_experts < 1:
         problems.append(f'--num_experts={FLAGS.num_experts} must be at least 1.')
@@ -122,27 +124,23 @@ def expert_command_problems() -> list[str]:
         problems.append(f'--lr_teacher={FLAGS.lr_teacher} must be positive.')
     if FLAGS.train_epochs >= 1:
         try:
-            from mct_jax import expert
-            expert.anchors_from_flags()
+            cli_flags.anchors()
         except ValueError as e:
             problems.append(str(e))
-    expert_dir = shared.expert_dir()
+    expert_dir = cli_flags.expert_dir()
     problems += [p for p in [writable_problem(expert_dir, 'expert_dir')] if p]
-    from mct_jax import expert
     problems += stored_config_problems(
-        expert_dir, list(_flag_config()) + list(expert.training_settings_from_flags()))
+        expert_dir, list(_flag_config()) + list(cli_flags.training_settings()))
     return problems
 
 
 def distill_command_problems(num_devices: int) -> list[str]:
     """``python -m mct_jax.distill``: settings, experts and output folder."""
-    from mct_jax import checkpoint, distill, expert
-    from mct_jax import flags as shared
     problems = data_problems() + model_problems()
-    s = distill.settings_from_flags()
-    expert_dir = shared.expert_dir()
+    s = cli_flags.distill_settings()
+    expert_dir = cli_flags.expert_dir()
     num_epochs, config = None, None
-    cfg_path = os.path.join(expert_dir, expert.CONFIG_FILE)
+    cfg_path = os.path.join(expert_dir, expert_store.CONFIG_FILE)
     if not os.path.isdir(expert_dir) or not os.path.isfile(cfg_path):
         problems.append(f'No experts in --expert_dir={expert_dir}: train them first with '
                         f'python -m mct_jax.expert and the same flags (or fix --expert_dir).')
@@ -155,7 +153,7 @@ def distill_command_problems(num_devices: int) -> list[str]:
                             '--expert_dir.')
         if config is not None:
             problems += stored_config_problems(expert_dir, list(_flag_config()))
-            if not expert.list_experts(expert_dir):
+            if not expert_store.list_experts(expert_dir):
                 problems.append(f'{expert_dir} has no complete expert yet; finish '
                                 'python -m mct_jax.expert first.')
             if ((s.method == 'mtt' or s.beta_mode == 'projected')
@@ -169,7 +167,7 @@ def distill_command_problems(num_devices: int) -> list[str]:
     problems += distill.check_settings(s, num_epochs, counts, num_devices)
     if FLAGS.max_experts is not None and FLAGS.max_experts < 1:
         problems.append(f'--max_experts={FLAGS.max_experts} must be at least 1 (or unset).')
-    out_dir = FLAGS.out_dir or os.path.join('runs', FLAGS.dataset, f'{s.method}_ipc{s.ipc}')
+    out_dir = cli_flags.out_dir(s.method, s.ipc)
     problems += [p for p in [writable_problem(out_dir, 'out_dir')] if p]
     return problems
 

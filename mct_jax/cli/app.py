@@ -1,27 +1,50 @@
-"""Running an entry point: absl flag parsing plus readable errors instead of tracebacks."""
+"""Running an entry point: logging for the user, readable errors instead of tracebacks."""
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, logging
 
 from mct_jax import checkpoint, data
+from mct_jax.cli import flags as cli_flags
 
 # Errors that describe a problem with the user's settings or files; their messages name the
 # problem and the fix, so a traceback would only hide them.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
                data.DataError, checkpoint.CheckpointError, FloatingPointError)
 
+# Loggers whose INFO lines describe the machine rather than the user's run: JAX reporting
+# the backends it looked for and did not find (the TPU probe), matplotlib building its font
+# cache.
+_QUIET_LOGGERS = ('jax._src.xla_bridge', 'matplotlib')
+
+
+class _PlainFormatter(py_logging.Formatter):
+    """``[HH:MM:SS] message``, with ``warning:`` / ``error:`` before the message when it is
+    not an INFO line."""
+
+    def format(self, record):
+        message = record.getMessage()
+        if record.levelno >= py_logging.WARNING:
+            message = f'{record.levelname.lower()}: {message}'
+        return f'[{self.formatTime(record, "%H:%M:%S")}] {message}'
+
+
+def setup_logging(prefix: bool) -> None:
+    """Log lines about the user's run only, as ``[time] message`` unless ``prefix`` asks for
+    absl's own prefix (level, date, thread, source line)."""
+    for name in _QUIET_LOGGERS:
+        py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    if not prefix:
+        logging.get_absl_handler().setFormatter(_PlainFormatter())
+
 
 def enable_compilation_cache(path: str) -> None:
-    """Persistent XLA compilation cache: a second run of the same command skips compiling.
-
-    Set here, by the entry points, not by the library: a notebook or another program decides
-    its own JAX settings.
-    """
+    """Persistent XLA compilation cache: a second run of the same command skips compiling."""
     if not path:
         return
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
@@ -59,9 +82,10 @@ def run(main) -> None:
     def wrapped(argv):
         if len(argv) > 1:
             raise app.UsageError(f'Unexpected arguments {argv[1:]}; all settings are --flags.')
-        enable_compilation_cache(flags.FLAGS.compilation_cache)
+        f = cli_flags.FLAGS
+        setup_logging(f.log_prefix)
+        enable_compilation_cache(f.compilation_cache)
         try:
-            f = flags.FLAGS
             init_distributed(f.coordinator_address, f.num_processes, f.process_id,
                              f.distributed)
             return main(argv)

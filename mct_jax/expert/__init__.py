@@ -1,52 +1,32 @@
-"""Expert trajectories: train networks on real data and store them the MCT way.
+"""Expert trajectories: train networks on real data and record them the MCT way.
 
-``python -m mct_jax.expert --flagfile=experiments/cifar10.cfg`` (or plain flags) trains
-``--num_experts`` ConvNets from fresh random inits with plain SGD (lr 0.01, no momentum,
-batch 256, DSA on every batch) for ``--train_epochs`` K epochs. During training it keeps only
-the previous epoch's parameters and accumulates per-leaf step norms (the d_l(t) of eq. 9);
-it writes, per expert, with Orbax:
-
-    EXPERT_DIR/config.json              model, data and training settings of the folder
-    EXPERT_DIR/expert_0000/state/       anchors [A, ...], anchor_epochs [A], betas [K+1, L],
-                                        step_norms [K, L]            (MCT: O(model size))
-    EXPERT_DIR/expert_0000/full/        all K+1 snapshots (only --save_full_trajectory; MTT)
-    EXPERT_DIR/expert_0000/meta.json    accuracies per epoch; written last = expert complete
-
-Re-running the same command skips complete experts. Expert i's randomness is
+:func:`train_experts` trains ``num_experts`` networks from fresh random inits with plain SGD
+(lr 0.01, no momentum, batch 256, DSA on every batch) for K epochs (METHOD.md section 2).
+During training it keeps only the previous epoch's parameters and accumulates per-leaf step
+norms (the d_l(t) of eq. 9); each finished expert is written by
+:func:`mct_jax.expert_store.save_expert`. Re-running skips complete experts and resumes an
+interrupted one after its last finished epoch. Expert i's randomness is
 ``fold_in(key(seed), i)``, so an expert does not depend on which run or process trained it.
+
+The command ``python -m mct_jax.expert`` is :mod:`mct_jax.expert.__main__`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags, logging
+from absl import logging
+from jax.experimental import multihost_utils
 
-from mct_jax import checkpoint, cli, data, monitor, train, trajectory, validate
-from mct_jax import flags as shared
-
-FLAGS = flags.FLAGS
-
-CONFIG_FILE = 'config.json'
-META_FILE = 'meta.json'
-
-
-class ExpertRun(NamedTuple):
-    """What training one expert produces (all NumPy)."""
-    anchors: list          # A parameter pytrees at the anchor epochs
-    anchor_epochs: tuple   # (a_0=0, ..., a_{A-1}=K)
-    step_norms: np.ndarray  # [K, L] float32, step_norms[t-1, l] = ||theta_l(t) - theta_l(t-1)||
-    snapshots: list | None  # K+1 pytrees, only when the full trajectory is kept
-    train_acc: list        # per epoch, on the augmented training batches
-    test_acc: list         # per epoch, K+1 values (index 0 = the random init)
+from mct_jax import checkpoint, data, monitor, train, trajectory
+from mct_jax.expert_store import (CONFIG_FILE, ExpertRun, check_config, expert_path,
+                                  is_complete, save_expert, write_expert_outputs)
 
 
 def _to_numpy(tree):
@@ -207,125 +187,6 @@ def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
                      np.stack(norms).astype(np.float32), snapshots, train_acc, test_acc)
 
 
-# ----------------------------------------------------------------------------- storage
-
-def expert_path(expert_dir: str, index: int) -> str:
-    return os.path.join(expert_dir, f'expert_{index:04d}')
-
-
-def save_expert(folder: str, run: ExpertRun, meta: dict) -> None:
-    """Writes one expert; ``meta.json`` goes last and marks the expert complete."""
-    if os.path.exists(folder):
-        shutil.rmtree(folder)  # an incomplete earlier attempt
-    betas = trajectory.betas_from_step_norms(run.step_norms, run.anchor_epochs)
-    state = {'anchors': jax.tree.map(lambda *xs: np.stack(xs), *run.anchors),
-             'anchor_epochs': np.asarray(run.anchor_epochs, np.int32),
-             'betas': betas, 'step_norms': run.step_norms}
-    checkpoint.save_tree(os.path.join(folder, 'state'), state)
-    checkpoint.crash_point('expert_save')
-    if run.snapshots is not None:
-        checkpoint.save_tree(os.path.join(folder, 'full'),
-                             {'snapshots': jax.tree.map(lambda *xs: np.stack(xs), *run.snapshots)})
-    checkpoint.write_json(os.path.join(folder, META_FILE),
-                          dict(meta, train_acc=run.train_acc, test_acc=run.test_acc,
-                               has_full_trajectory=run.snapshots is not None))
-
-
-def is_complete(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, META_FILE))
-
-
-def list_experts(expert_dir: str) -> list[str]:
-    """Complete expert folders in ``expert_dir``, sorted by index."""
-    if not os.path.isdir(expert_dir):
-        return []
-    names = sorted(n for n in os.listdir(expert_dir) if n.startswith('expert_'))
-    return [os.path.join(expert_dir, n) for n in names
-            if is_complete(os.path.join(expert_dir, n))]
-
-
-def load_trajectory(folder: str, kind: str = 'mct', beta_mode: str = 'steps'
-                    ) -> trajectory.Trajectory:
-    """Reads one expert as a :class:`~mct_jax.trajectory.Trajectory`.
-
-    Args:
-      kind: 'mct' (the stored anchors and betas) or 'full' (all snapshots; needs
-        ``--save_full_trajectory`` at training time).
-      beta_mode: for 'mct': 'steps' (eq. 9, the method), 'uniform' (t/K ablation) or
-        'projected' (one global projected beta; needs the full trajectory).
-    Raises:
-      checkpoint.CheckpointError: missing or corrupt files, or no full trajectory.
-    """
-    state = checkpoint.load_tree(os.path.join(folder, 'state'))
-    epochs = [int(e) for e in state['anchor_epochs']]
-    anchors = [jax.tree.map(lambda a, i=i: a[i], state['anchors']) for i in range(len(epochs))]
-    full_dir = os.path.join(folder, 'full')
-    if kind == 'full' or beta_mode == 'projected':
-        if not os.path.isdir(full_dir):
-            raise checkpoint.CheckpointError(
-                f'{folder} has no full trajectory (needed for --method=mtt and projected '
-                'betas). Re-train the experts with --save_full_trajectory.')
-        snaps = checkpoint.load_tree(full_dir)['snapshots']
-        num = jax.tree.leaves(snaps)[0].shape[0]
-        snapshots = [jax.tree.map(lambda a, i=i: a[i], snaps) for i in range(num)]
-        if kind == 'full':
-            return trajectory.full(snapshots)
-        return trajectory.convexified(anchors, epochs,
-                                      trajectory.projected_betas(snapshots, epochs))
-    if beta_mode == 'uniform':
-        betas = trajectory.uniform_betas(state['betas'].shape[1], epochs)
-    elif beta_mode == 'steps':
-        betas = state['betas']
-    else:
-        raise ValueError(f'Unknown beta mode {beta_mode!r}; use steps, uniform or projected.')
-    return trajectory.convexified(anchors, epochs, betas)
-
-
-def check_config(expert_dir: str, config: dict, keys: Sequence[str] | None = None) -> dict:
-    """Compares ``config`` with the folder's ``config.json`` and raises on any difference.
-
-    Args:
-      keys: only compare these keys (all keys of ``config`` when None).
-    Returns:
-      The stored config (``{}`` if the folder has none yet).
-    """
-    path = os.path.join(expert_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return {}
-    stored = checkpoint.read_json(path)
-    keys = list(config) if keys is None else keys
-    diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {config.get(k)!r}'
-             for k in keys if _norm(stored.get(k)) != _norm(config.get(k))]
-    if diffs:
-        raise ValueError(f'{expert_dir} holds experts with other settings:\n  '
-                         + '\n  '.join(diffs) + '\nUse another --expert_dir, or the same '
-                         'settings as the stored experts.')
-    return stored
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def leaf_names(params) -> list[str]:
-    """Readable names of a parameter tree's leaves, in ``jax.tree.leaves`` order."""
-    paths, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [jax.tree_util.keystr(p, simple=True, separator='/') for p, _ in paths]
-
-
-def write_expert_outputs(folder: str, run: ExpertRun, params_like, title: str = '') -> None:
-    """``metrics.jsonl`` (one line per epoch) and ``expert.png`` (betas, accuracy)."""
-    with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
-        f.write(json.dumps({'epoch': 0, 'test_acc': run.test_acc[0]}) + '\n')
-        for t in range(1, len(run.test_acc)):
-            f.write(json.dumps({'epoch': t, 'train_acc': run.train_acc[t - 1],
-                                'test_acc': run.test_acc[t],
-                                'step_norm': run.step_norms[t - 1].tolist()}) + '\n')
-    betas = trajectory.betas_from_step_norms(run.step_norms, run.anchor_epochs)
-    monitor.plot_expert(betas, run.anchor_epochs, leaf_names(params_like), run.train_acc,
-                        run.test_acc, os.path.join(folder, 'expert.png'), title)
-
-
 def _package(run: ExpertRun | None, index: int, seconds: float, model, num_epochs: int,
              config: dict) -> dict:
     """One expert as fixed-shape arrays (zeros with index -1 when there is none), so every
@@ -389,7 +250,6 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     multi = process_count > 1 and jax.process_count() > 1
     if multi:
         # Every process takes part in each round's exchange, so all agree on the count.
-        from jax.experimental import multihost_utils
         rounds = int(np.max(multihost_utils.process_allgather(np.int32(len(todo)))))
     else:
         rounds = len(todo)
@@ -461,41 +321,3 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     return todo
 
 
-# ----------------------------------------------------------------------------- command line
-
-def anchors_from_flags() -> tuple[int, ...]:
-    k = FLAGS.train_epochs
-    raw = FLAGS.anchors or ['0', str(k)]
-    try:
-        epochs = [int(a) for a in raw]
-    except ValueError:
-        raise ValueError(f'--anchors={",".join(raw)} must be integers, e.g. --anchors=0,{k}.')
-    return trajectory.check_anchor_epochs(epochs, k)
-
-
-def training_settings_from_flags() -> dict:
-    """The expert-training flags stored in an expert folder's config (anchors aside)."""
-    return dict(train_epochs=FLAGS.train_epochs, lr_teacher=FLAGS.lr_teacher,
-                batch_train=FLAGS.batch_train, smooth_anchors=FLAGS.smooth_anchors,
-                save_full_trajectory=FLAGS.save_full_trajectory, seed=FLAGS.seed)
-
-
-def config_from_flags(ds: data.Dataset) -> dict:
-    """Everything that must agree between runs writing into one expert folder."""
-    return dict(shared.model_settings(ds), **shared.data_settings(),
-                **training_settings_from_flags(), anchors=list(anchors_from_flags()))
-
-
-def main(argv):
-    del argv
-    validate.raise_if_any(validate.expert_command_problems(), 'expert')
-    ds = shared.load_data()
-    config = config_from_flags(ds)
-    model = shared.model_from_settings(config)
-    train_experts(model, ds, shared.expert_dir(), config, FLAGS.num_experts, FLAGS.seed,
-                  jax.process_index(), jax.process_count(), progress=FLAGS.progress,
-                  tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures)
-
-
-if __name__ == '__main__':
-    cli.run(main)

@@ -1,0 +1,124 @@
+"""The evaluation protocol (METHOD.md section 7).
+
+Train ``num_eval`` freshly initialised networks on a (synthetic) training set with SGD
+(lr = the learned student lr, momentum 0.9, weight decay 5e-4, batch 256, DSA, lr x0.1 at
+half of the epochs) and report their accuracy on the real test set as mean +- std.
+
+:func:`make_network_trainer` is one network's training and test, a traceable function of
+its key; :func:`make_evaluator` runs ``num_eval`` of them, one compiled program called per
+network so that progress shows between networks. The command ``python -m mct_jax.evaluate``
+is :mod:`mct_jax.evaluate.__main__`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mct_jax import train
+
+
+def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: float = 0.9,
+                         weight_decay: float = 5e-4, use_dsa: bool = True):
+    """``train_and_test(key, images, labels, lr, x_test, y_test) -> accuracy`` in [0, 1].
+
+    Trains one network initialised from ``fold_in(key, 0)`` (epoch e shuffles and augments
+    with ``fold_in(key, e + 1)``) and returns its test accuracy. Traceable: ``jit``,
+    ``lax.map`` or ``vmap`` it over keys; ``lr`` is traced, so a changing learned lr does not
+    recompile.
+    """
+    def train_and_test(k, images, labels, lr, x_test, y_test):
+        n = images.shape[0]
+        steps_per_epoch = -(-n // min(batch_size, n))
+        boundary = (epochs // 2) * steps_per_epoch
+
+        def schedule(count):
+            return lr * jnp.where(count >= boundary, 0.1, 1.0)
+        # PyTorch SGD order: weight decay is added to the gradient before momentum.
+        tx = optax.chain(optax.add_decayed_weights(weight_decay),
+                         optax.sgd(schedule, momentum=momentum))
+        params = model.init(jax.random.fold_in(k, 0))
+
+        def epoch(carry, e):
+            p, s = carry
+            p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
+                                      jax.random.fold_in(k, e + 1), batch_size, use_dsa,
+                                      model.loss_grad)
+            return (p, s), None
+        (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
+        return train.predict_correct(model.apply, params, x_test, y_test) / x_test.shape[0]
+    return train_and_test
+
+
+def network_keys(key, num_nets: int):
+    """[num_nets] keys, network i's being ``fold_in(key, i)``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_nets))
+
+
+def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
+                   momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True):
+    """Builds ``evaluate(key, images, labels, lr, x_test, y_test, on_network=None) -> acc``.
+
+    ``acc`` is [num_nets]; network i is trained from ``network_keys(key, num_nets)[i]`` by
+    :func:`make_network_trainer`, one compiled program called once per network (exposed as
+    ``evaluate.network``); ``on_network(i, accuracy)`` is called after each.
+    """
+    one = jax.jit(make_network_trainer(model, epochs, batch_size, momentum, weight_decay,
+                                       use_dsa))
+    keys_of = jax.jit(network_keys, static_argnums=1)
+
+    def evaluate(key, images, labels, lr, x_test, y_test, on_network=None):
+        keys, accs = keys_of(key, num_nets), []
+        for i in range(num_nets):
+            accs.append(one(keys[i], images, labels, lr, x_test, y_test))
+            if on_network is not None:
+                on_network(i, float(accs[-1]))
+        return jnp.stack(accs)
+    evaluate.network = one   # the compiled per-network program
+    return evaluate
+
+
+def random_real_subset(key, x, y, num_classes: int, ipc: int):
+    """``ipc`` random real images of each class: ([num_classes * ipc, ...], labels).
+
+    Classes appear in order (class 0's images first); raises ``ValueError`` if a class has
+    fewer than ``ipc`` images.
+    """
+    y = np.asarray(y)
+    xs, ys = [], []
+    for c in range(num_classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < ipc:
+            raise ValueError(f'Class {c} has only {len(idx)} training images, fewer than '
+                             f'--ipc={ipc}; lower --ipc or raise --train_images_per_class.')
+        pick = np.asarray(jax.random.choice(jax.random.fold_in(key, c), len(idx), (ipc,),
+                                            replace=False))
+        xs.append(np.asarray(x)[idx[np.sort(pick)]])
+        ys.append(np.full(ipc, c, np.int32))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def summarize(acc) -> dict:
+    """Mean and (population) std of per-network accuracies, in percent."""
+    acc = np.asarray(acc, np.float64) * 100
+    return {'mean': float(acc.mean()), 'std': float(acc.std()), 'all': acc.tolist()}
+
+
+def load_synthetic(path: str) -> dict:
+    """Reads a distillation result: a run folder (its ``best.npz``) or an ``.npz`` file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, 'best.npz')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'No synthetic set at {path}: pass --synthetic=OUT_DIR of a '
+                                'distillation run (it writes best.npz and synthetic.npz).')
+    with np.load(path) as z:
+        out = {k: z[k] for k in z.files}
+    out['settings'] = json.loads(str(out['settings']))
+    return out
+
+
