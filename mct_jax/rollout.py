@@ -172,9 +172,11 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
     if store:
         grad_and_residuals, hvp = model.stored_hvp
 
-    # Everything the rollout depends on is an argument (nothing traced is closed over), so
-    # that it composes with vmap and pmap.
+    # Everything the rollout depends on is an argument or made inside (nothing traced is
+    # closed over), so that it composes with vmap, pmap and a jit around it.
     def run_steps(theta, images, lr, labels, k_aug, idx):
+        steps = jnp.arange(num_steps)
+
         def step(theta, inputs):
             xb, yb = minibatch(images, labels, k_aug, *inputs)
             if store:
@@ -202,6 +204,7 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
         # or the hand-written ``hvp`` from the step's stored residuals), and A_t^T pulls a
         # batch gradient back through the augmentation and the indexing.
         thetas, images, lr, labels, k_aug, idx = residuals
+        steps = jnp.arange(num_steps)
 
         def step(carry, inputs):
             v, ct_images, ct_lr = carry
