@@ -33,8 +33,8 @@ def _setup(dtype=jnp.float32, n=8, classes=4, shape=(8, 8, 1), width=4):
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize('use_dsa,batch', [pytest.param(False, 8, marks=SLOW),
-                                           pytest.param(True, 8, marks=SLOW), (True, 4)])
+@pytest.mark.parametrize('use_dsa,batch', [pytest.param(False, 8, marks=SLOW), (True, 8),
+                                           pytest.param(True, 4, marks=SLOW)])
 def test_rollout_matches_python_loop(use_dsa, batch):
     m, start, _, images, labels = _setup()
     key = jax.random.key(5)

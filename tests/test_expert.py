@@ -97,6 +97,7 @@ def test_seeds_differ_and_same_seed_reproduces(tiny, trained, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_and_redoes_partial(tiny, trained, tmp_path):
     ds, cfg, model = tiny
     folder = str(tmp_path / 'e')
@@ -129,6 +130,7 @@ def test_folder_with_other_settings_is_refused(tiny, trained):
         expert.train_experts(model, ds, trained, dict(cfg, dataset='cifar10'), 2, 0)
 
 
+@pytest.mark.slow
 def test_mtt_needs_full_trajectory(tiny, tmp_path):
     ds, cfg, model = tiny
     cfg = dict(cfg, save_full_trajectory=False, train_epochs=1, anchors=[0, 1])

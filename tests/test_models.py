@@ -69,7 +69,8 @@ def _numpy_convnet(params, x):
     return x @ np.asarray(params['dense']['w'], np.float64) + np.asarray(params['dense']['b'])
 
 
-@pytest.mark.parametrize('shape,depth', [((32, 32, 3), 3), ((9, 11, 1), 2)])
+@pytest.mark.parametrize('shape,depth', [pytest.param((32, 32, 3), 3, marks=pytest.mark.slow),
+                                         ((9, 11, 1), 2)])
 def test_forward_matches_numpy_reference(key, shape, depth):
     k1, k2, k3 = jax.random.split(key, 3)
     params = conv_net.init(k1, shape, 7, 16, depth)
@@ -115,6 +116,7 @@ def test_im2col_conv_matches_lax_to_second_order(key):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_meta_gradient_through_network_matches_lax(key):
     """Second-order gradient through the whole ConvNet with the im2col conv equals the one
     with lax's convolution (float64)."""

@@ -14,7 +14,8 @@ from benchmarks import torch_reference  # noqa: E402
 from mct_jax import models, rollout  # noqa: E402
 
 
-@pytest.mark.parametrize('width,n,steps', [(4, 6, 3), (8, 10, 2)])
+@pytest.mark.parametrize('width,n,steps', [(4, 6, 3),
+                                           pytest.param(8, 10, 2, marks=pytest.mark.slow)])
 def test_loss_and_gradients_match_pytorch(width, n, steps):
     with jax.enable_x64(True):
         m = models.convnet((8, 8, 3), 5, width, 2)
