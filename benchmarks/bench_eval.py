@@ -38,7 +38,7 @@ def bench(width: int, ipc: int, epochs: int, repeats: int, nets: int = 5) -> dic
     def all_nets(batch):
         def run(key, x, y, lr, xt, yt):
             keys = evaluate.network_keys(key, nets)
-            return batch(lambda k: one_net(k, x, y, lr, xt, yt), keys)
+            return batch(lambda k: one_net(k, x, y, lr, ((xt, yt),)), keys)
         return jax.jit(run)
     together = all_nets(lambda f, keys: jax.vmap(f)(keys))
     mapped = all_nets(jax.lax.map)
@@ -52,7 +52,7 @@ def bench(width: int, ipc: int, epochs: int, repeats: int, nets: int = 5) -> dic
         return mapped(jax.random.key(2), x, y, lr, xt, yt).block_until_ready()
 
     def run_sequential():
-        return [alone(jax.random.key(3 + i), x, y, lr, xt, yt).block_until_ready()
+        return [alone(jax.random.key(3 + i), x, y, lr, ((xt, yt),)).block_until_ready()
                 for i in range(nets)]
 
     variants = {'vmapped_seconds': run_together, 'mapped_seconds': run_mapped,

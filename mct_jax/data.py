@@ -225,11 +225,12 @@ def invert_zca(zca: ZCA, x) -> np.ndarray:
 # -------------------------------------------------------------------------------- Dataset
 
 class Dataset(NamedTuple):
-    """A preprocessed train/test pair.
+    """A preprocessed train/test pair, and the validation images held out of training.
 
     Images are float32 [N, H, W, C] after preprocessing: standardised with ``mean``/``std``
     when ``zca`` is None, otherwise ZCA-whitened (and not standardised). ``mean``/``std`` are
     the dataset's standardisation constants in both cases, but only used when ``zca`` is None.
+    ``x_val``/``y_val`` are empty ([0, H, W, C], [0]) without a validation split.
     """
     x_train: np.ndarray   # [N, H, W, C] float32, preprocessed
     y_train: np.ndarray   # [N] int32 in [0, num_classes)
@@ -241,6 +242,12 @@ class Dataset(NamedTuple):
     mean: np.ndarray      # [C] float32 standardisation mean
     std: np.ndarray       # [C] float32 standardisation std
     zca: ZCA | None
+    x_val: np.ndarray | None = None   # [V, H, W, C] float32, preprocessed like x_train
+    y_val: np.ndarray | None = None   # [V] int32
+
+    @property
+    def has_validation(self) -> bool:
+        return self.y_val is not None and len(self.y_val) > 0
 
     def to_display(self, x):
         """Maps preprocessed images back to [0, 1] for viewing.
@@ -733,8 +740,29 @@ def first_k_per_class(x, y, k, num_classes, *, class_names: Sequence[str] | None
     return x[keep], y[keep]
 
 
+def hold_out_last_per_class(x, y, k: int, num_classes: int):
+    """Splits off the last ``k`` images of each class (in their original order).
+
+    Returns ``(x_rest, y_rest, x_held, y_held)``; both parts keep the input's order.
+    Raises :class:`DataError` when a class has ``k`` images or fewer.
+    """
+    y = np.asarray(y)
+    if not k:
+        return x, y, x[:0], y[:0]
+    counts = np.bincount(y, minlength=num_classes)
+    if counts.min() <= k:
+        c = int(np.argmin(counts))
+        raise DataError(f'class {c} has only {counts[c]} training images; holding out '
+                        f'val_images_per_class={k} would leave none to train on: lower '
+                        '--val_images_per_class.')
+    held = np.zeros(len(y), bool)
+    for c in range(num_classes):
+        held[np.flatnonzero(y == c)[-k:]] = True
+    return x[~held], y[~held], x[held], y[held]
+
+
 def load_dataset(name, source=None, data_dir=None, train_images_per_class=None, zca=False,
-                 zca_eps=0.1) -> Dataset:
+                 zca_eps=0.1, val_images_per_class: int = 0) -> Dataset:
     """Loads and preprocesses a dataset as the reference code does (METHOD.md section 6).
 
     Args:
@@ -744,12 +772,20 @@ def load_dataset(name, source=None, data_dir=None, train_images_per_class=None, 
       zca: ZCA-whiten instead of standardising; the ZCA is fitted on the (selected) raw
         training images.
       zca_eps: ZCA regularisation (the reference's 0.1).
+      val_images_per_class: hold out the last V training images of each class as a
+        validation split before anything else sees them: they are cut before the first-K
+        selection, the statistics of ``digits`` and the ZCA fit, so no expert, initial
+        synthetic set or preprocessing is derived from them.
 
     Returns:
       A :class:`Dataset` of float32 images and int32 labels.
     """
     x_train, y_train, x_test, y_test, class_names = load_raw(name, source, data_dir)
     num_classes = len(class_names)
+    if val_images_per_class < 0:
+        raise DataError(f'val_images_per_class must be >= 0, got {val_images_per_class}.')
+    x_train, y_train, x_val, y_val = hold_out_last_per_class(x_train, y_train,
+                                                             val_images_per_class, num_classes)
     if name in STANDARDISATION:
         mean, std = (np.array(v, np.float32) for v in STANDARDISATION[name])
     else:
@@ -763,13 +799,14 @@ def load_dataset(name, source=None, data_dir=None, train_images_per_class=None, 
                                              num_classes, class_names=class_names)
     if zca:
         whitening = fit_zca(x_train, zca_eps)
-        x_train, x_test = apply_zca(whitening, x_train), apply_zca(whitening, x_test)
+        x_train, x_test, x_val = (apply_zca(whitening, x) for x in (x_train, x_test, x_val))
     else:
         whitening = None
         # In place: the arrays from load_raw are ours, and Tiny ImageNet is 5 GB of float32.
-        for x in (x_train, x_test):
+        for x in (x_train, x_test, x_val):
             x -= mean
             x /= std
     return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                    num_classes=num_classes, class_names=class_names,
-                   image_shape=tuple(x_train.shape[1:]), mean=mean, std=std, zca=whitening)
+                   image_shape=tuple(x_train.shape[1:]), mean=mean, std=std, zca=whitening,
+                   x_val=x_val, y_val=y_val)

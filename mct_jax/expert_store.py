@@ -36,6 +36,14 @@ META_FILE = 'meta.json'
 # Where the data was read from: kept in config.json so that later commands can find it, but
 # never compared (the same images may live in another folder on another machine).
 LOCATION_KEYS = ('data_source', 'data_dir')
+# Settings added after some folders were written, with the value those folders had.
+CONFIG_DEFAULTS = {'val_images_per_class': 0}
+
+
+def stored_value(stored: dict, key: str):
+    """``stored[key]``, or what a folder written before ``key`` existed had
+    (:data:`CONFIG_DEFAULTS`)."""
+    return stored.get(key, CONFIG_DEFAULTS.get(key))
 
 
 class ExpertRun(NamedTuple):
@@ -142,8 +150,9 @@ def check_config(expert_dir: str, config: dict, keys: Sequence[str] | None = Non
     if not stored:
         return {}
     keys = [k for k in (list(config) if keys is None else keys) if k not in LOCATION_KEYS]
-    diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {config.get(k)!r}'
-             for k in keys if _norm(stored.get(k)) != _norm(config.get(k))]
+    diffs = [f'{k}: folder has {stored_value(stored, k)!r}, this run asks for '
+             f'{config.get(k)!r}'
+             for k in keys if _norm(stored_value(stored, k)) != _norm(config.get(k))]
     if diffs:
         raise ValueError(f'{expert_dir} holds experts with other settings:\n  '
                          + '\n  '.join(diffs) + '\nUse another --expert_dir, or the same '

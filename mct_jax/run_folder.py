@@ -4,7 +4,9 @@
 
     settings.json   every setting; a run resumes only with the same ones
     synthetic.npz   latest evaluated synthetic set: images, labels, lr, images_display, ...
-    best.npz        the best evaluated one (never replaced by a worse or broken set)
+    best.npz        the best evaluated one by the selection split (validation when the run
+                    has one, else test; ``selected_on`` says which), never replaced by a
+                    worse or broken set
     metrics.jsonl   one JSON line per iteration and per evaluation
     checkpoint/     Orbax: the whole state (and checkpoint.prev/, the one before)
     tensorboard/    the same metrics and the image grids as TensorBoard events
@@ -49,12 +51,15 @@ class RunFolder:
       title: of the progress plot.
       primary: whether this process writes (process 0 of a multi-process run).
       tensorboard, pictures: the optional outputs.
+      selected_on: the split whose accuracy chooses ``best.npz``, 'validation' or 'test'.
     """
 
     def __init__(self, path: str, settings: dict, to_display: Callable, class_names: Sequence,
                  title: str = '', primary: bool = True, tensorboard: bool = True,
-                 pictures: bool = True):
+                 pictures: bool = True, selected_on: str = 'test'):
         self.path, self.settings = path, settings
+        self.selected_on = selected_on
+        self.best_iteration = None
         self.to_display, self.class_names, self.title = to_display, class_names, title
         self.primary = primary
         self.tensorboard, self.pictures = tensorboard and primary, pictures and primary
@@ -113,7 +118,10 @@ class RunFolder:
         if os.path.isfile(best_path):
             try:
                 with np.load(best_path) as z:
-                    self.best = max(self.best, float(z['accuracy_mean']))
+                    key = ('val_accuracy_mean' if self.selected_on == 'validation'
+                           else 'accuracy_mean')
+                    self.best = max(self.best, float(z[key]))
+                    self.best_iteration = int(z['iteration'])
             except Exception as e:  # a damaged best.npz may be replaced by the next best
                 logging.warning('Cannot read %s (%s); it will be replaced by the next '
                                 'evaluated set.', best_path, e)
@@ -164,21 +172,30 @@ class RunFolder:
                 'train/matching_loss': record['loss'], 'train/learned_lr': record['lr'],
                 'train/seconds_per_iteration': record['seconds'], 'train/fault': fault})
 
-    def record_evaluation(self, iteration: int, syn, labels, summary: dict, opt_state) -> bool:
+    def record_evaluation(self, iteration: int, syn, labels, summaries: dict,
+                          opt_state) -> bool:
         """Everything an evaluation writes, in crash-safe order: the metrics line, the
-        latest and (if better) best synthetic sets, events and pictures, then the checkpoint
-        (which marks all of it done). Returns whether the set is the best so far."""
+        latest and (if better on the selection split) best synthetic sets, events and
+        pictures, then the checkpoint (which marks all of it done). ``summaries``: split
+        name -> summary, 'test' always, 'validation' when the run has one. Returns whether
+        the set is the best so far."""
         lr = float(syn['lr'])
-        self._log({'iteration': iteration, 'eval': summary, 'lr': lr})
-        self._save_set('synthetic.npz', syn, labels, iteration, summary)
-        improved = summary['mean'] > self.best
+        record = {'iteration': iteration, 'eval': summaries['test']}
+        if 'validation' in summaries:
+            record['val'] = summaries['validation']
+        self._log(dict(record, selected_on=self.selected_on, lr=lr))
+        self._save_set('synthetic.npz', syn, labels, iteration, summaries)
+        score = summaries[self.selected_on]['mean']
+        improved = score > self.best
         if improved:
-            self.best = summary['mean']
-            self._save_set('best.npz', syn, labels, iteration, summary)
+            self.best, self.best_iteration = score, iteration
+            self._save_set('best.npz', syn, labels, iteration, summaries)
         if self.writer:
-            self.writer.scalars(iteration, {'eval/accuracy_mean': summary['mean'],
-                                            'eval/accuracy_std': summary['std'],
-                                            'eval/best': self.best})
+            scalars = {'eval/accuracy_mean': summaries['test']['mean'],
+                       'eval/accuracy_std': summaries['test']['std'], 'eval/best': self.best}
+            if 'validation' in summaries:
+                scalars['eval/val_accuracy_mean'] = summaries['validation']['mean']
+            self.writer.scalars(iteration, scalars)
             self.writer.flush()
         if self.pictures:
             self.background.submit(self._draw, np.asarray(syn['images']), np.asarray(labels),
@@ -186,14 +203,22 @@ class RunFolder:
         self._save_checkpoint(syn, opt_state, iteration)
         return improved
 
-    def _save_set(self, name, syn, labels, iteration, summary) -> None:
+    def _save_set(self, name, syn, labels, iteration, summaries) -> None:
+        """A synthetic set with its accuracies: ``accuracy_mean``/``_std`` on the test set,
+        ``val_accuracy_mean``/``_std`` on the validation split when there is one, and
+        ``selected_on``, the split that chooses ``best.npz``."""
         if not self.primary:
             return
         images = np.asarray(syn['images'])
+        extra = {}
+        if 'validation' in summaries:
+            extra = dict(val_accuracy_mean=np.float64(summaries['validation']['mean']),
+                         val_accuracy_std=np.float64(summaries['validation']['std']))
         checkpoint.write_npz(self.file(name), images=images, labels=np.asarray(labels),
                              lr=np.float32(syn['lr']), iteration=np.int64(iteration),
-                             accuracy_mean=np.float64(summary['mean']),
-                             accuracy_std=np.float64(summary['std']),
+                             accuracy_mean=np.float64(summaries['test']['mean']),
+                             accuracy_std=np.float64(summaries['test']['std']), **extra,
+                             selected_on=np.asarray(self.selected_on),
                              images_display=self.to_display(images).astype(np.float32),
                              class_names=np.asarray(self.class_names),
                              settings=np.asarray(json.dumps(self.settings)))

@@ -64,28 +64,56 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
       (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
       augmented training batches, as the reference reports training accuracy.
     """
+    grad_fn = loss_grad or autodiff_loss_grad(apply_fn)
+
+    def step(carry, xb, yb):
+        params, opt_state, correct = carry
+        grads, _, logits = grad_fn(params, xb, yb)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, correct + jnp.sum(jnp.argmax(logits, -1) == yb)
+    return _epoch(step, (params, opt_state, jnp.zeros((), jnp.int32)), x, y, key, batch_size,
+                  use_dsa)
+
+
+def sgd_epoch_with_stats(apply_stats, params, stats, opt_state,
+                         tx: optax.GradientTransformation, x, y, key, batch_size: int,
+                         use_dsa: bool = True):
+    """:func:`sgd_epoch` for a model with batch norm: ``apply_stats(params, stats, x,
+    train=True) -> (logits, stats)`` normalises each batch with its own statistics and
+    updates the running ones. Returns ``(params, stats, opt_state, num_correct)``."""
+    def loss(params, stats, xb, yb):
+        logits, stats = apply_stats(params, stats, xb, True)
+        return cross_entropy(logits, yb), (logits, stats)
+
+    def step(carry, xb, yb):
+        params, stats, opt_state, correct = carry
+        grads, (logits, stats) = jax.grad(loss, has_aux=True)(params, stats, xb, yb)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, stats, opt_state, correct + jnp.sum(jnp.argmax(logits, -1) == yb)
+    return _epoch(step, (params, stats, opt_state, jnp.zeros((), jnp.int32)), x, y, key,
+                  batch_size, use_dsa)
+
+
+def _epoch(step, carry, x, y, key, batch_size: int, use_dsa: bool):
+    """Runs ``step(carry, xb, yb) -> carry`` over one epoch's shuffled (and augmented)
+    minibatches: the full batches as one ``lax.scan``, a smaller last batch after it."""
     n = x.shape[0]
     k_perm, k_aug = jax.random.split(key)
     full, rest = batch_indices(k_perm, n, min(batch_size, n))
-    grad_fn = loss_grad or autodiff_loss_grad(apply_fn)
 
-    def step(carry, inputs):
-        params, opt_state, correct = carry
+    def batch(carry, inputs):
         idx, k = inputs
         xb, yb = x[idx], y[idx]
         if use_dsa:
             xb = augment.dsa(k, xb)
-        grads, _, logits = grad_fn(params, xb, yb)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = correct + jnp.sum(jnp.argmax(logits, -1) == yb)
-        return (params, opt_state, correct), None
+        return step(carry, xb, yb), None
 
     keys = jax.random.split(k_aug, full.shape[0] + 1)
-    carry = (params, opt_state, jnp.zeros((), jnp.int32))
-    carry, _ = jax.lax.scan(step, carry, (full, keys[:-1]))
+    carry, _ = jax.lax.scan(batch, carry, (full, keys[:-1]))
     if rest.shape[0]:
-        carry, _ = step(carry, (rest, keys[-1]))
+        carry, _ = batch(carry, (rest, keys[-1]))
     return carry
 
 

@@ -93,6 +93,37 @@ def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path):
     assert any(ABSL_PREFIX.match(l) for l in proc.stderr.splitlines())
 
 
+@pytest.mark.slow
+def test_cross_architecture_report_through_the_command_line(tmp_path):
+    """evaluate --models --report on a distilled set: a row per architecture with its
+    validation and test accuracy, baselines trained once and then read from the cache, and
+    the table, JSON and chart on disk."""
+    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
+    tiny = [a for a in TINY if not a.startswith('--train_images_per_class')]
+    data = ['--train_images_per_class=10', '--val_images_per_class=5']
+    _run('expert', *tiny, *data, f'--expert_dir={experts}')
+    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    args = [f'--synthetic={out}', '--models=convnet,mlp,lenet', '--report', '--num_eval=2',
+            '--eval_epochs=2', '--full_data_epochs=1', f'--baseline_cache={tmp_path}/cache']
+    first = _run('evaluate', *args)
+    md = open(os.path.join(out, 'evaluation', 'cross_architecture.md')).read()
+    for arch in ('convnet', 'mlp', 'lenet'):
+        assert f'| {arch} |' in md
+    assert 'selected on: validation' in md and 'IOR' in md
+    results = json.loads(first.stdout.strip().splitlines()[-1])
+    assert set(results) == {'convnet', 'mlp', 'lenet'}
+    for r in results.values():
+        assert len(r['test']['all']) == 2 and len(r['validation']['all']) == 2
+        assert set(r['scores']) >= {'IOR', 'HLR', 'LRS'}
+        assert r['scores']['IOR'] == pytest.approx(r['test']['mean'] - r['random']['mean'])
+    assert 'training the random baseline' in first.stderr
+    assert os.path.isfile(os.path.join(out, 'evaluation', 'cross_architecture.png'))
+    second = _run('evaluate', *args)
+    assert 'training the' not in second.stderr and 'baseline from' in second.stderr
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again['mlp']['random'] == results['mlp']['random']
+
+
 def _read_events(folder):
     """(tag, step, value) of every scalar in a folder's TensorBoard event files, read with
     the record format (length, CRC, Event proto) rather than with the writer."""

@@ -446,3 +446,43 @@ def test_bad_input_raises_data_error_naming_the_problem(case, tmp_path):
     load = make(tmp_path)
     with pytest.raises(DataError, match=pattern):
         load()
+
+
+def test_validation_split_is_held_out_before_anything_else(tmp_path):
+    """The last V training images of each class become the validation split, cut before the
+    first-K selection and the ZCA fit; the test split is untouched."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 12)
+    rng.shuffle(y)
+    x = rng.integers(0, 256, size=(120, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'train.npz', x=x, y=y)
+    np.savez(tmp_path / 'test.npz', x=x[:6], y=y[:6])
+    ds = data.load_dataset('cifar10', 'npz', str(tmp_path), train_images_per_class=5,
+                           val_images_per_class=2, zca=True)
+    raw = x.astype(np.float32) / 255
+    val_idx = np.sort(np.concatenate([np.flatnonzero(y == c)[-2:] for c in range(10)]))
+    train_idx = np.sort(np.concatenate([np.flatnonzero(y == c)[:5] for c in range(10)]))
+    assert not set(val_idx) & set(train_idx)
+    np.testing.assert_array_equal(ds.y_val, y[val_idx])
+    np.testing.assert_array_equal(ds.y_train, y[train_idx])
+    zca = data.fit_zca(raw[train_idx])      # fitted on the training images alone
+    np.testing.assert_allclose(ds.x_val, data.apply_zca(zca, raw[val_idx]), atol=1e-5)
+    np.testing.assert_allclose(ds.x_train, data.apply_zca(zca, raw[train_idx]), atol=1e-5)
+    assert ds.has_validation and len(ds.y_test) == 6
+    plain = data.load_dataset('cifar10', 'npz', str(tmp_path))
+    assert not plain.has_validation and plain.x_val.shape == (0, 4, 4, 3)
+    with pytest.raises(DataError, match='--val_images_per_class'):
+        data.load_dataset('cifar10', 'npz', str(tmp_path), val_images_per_class=12)
+
+
+def test_digits_statistics_leave_the_validation_split_out():
+    """digits has no published constants: its mean and std come from the training images,
+    without the held-out ones."""
+    x, y, _, _, _ = data.load_raw('digits')
+    ds = data.load_dataset('digits', val_images_per_class=20)
+    keep = np.ones(len(y), bool)
+    for c in range(10):
+        keep[np.flatnonzero(y == c)[-20:]] = False
+    np.testing.assert_allclose(ds.mean, x[keep].mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(ds.std, x[keep].std(axis=(0, 1, 2)), rtol=1e-5)
+    assert len(ds.y_val) == 200 and len(ds.y_train) == int(keep.sum())

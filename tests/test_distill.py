@@ -1,5 +1,7 @@
 """Student rollout, meta-gradient, devices and the distillation loop."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,6 +265,42 @@ def test_same_seed_same_result_across_runs_and_devices(tmp_path, tiny_experts):
     assert results['a'][1] == results['b'][1]
     np.testing.assert_allclose(results['c'][0], results['a'][0], rtol=1e-4, atol=1e-4)
     assert results['c'][1] == pytest.approx(results['a'][1], rel=1e-5)
+
+
+@SLOW
+def test_the_test_set_cannot_choose_best_npz_when_a_validation_split_exists(tmp_path,
+                                                                        tiny_experts):
+    """Two runs whose test labels differ (one shifted by a class, so its test accuracy
+    collapses) choose the same best.npz, by validation accuracy; only the reported test
+    accuracies differ."""
+    _, trajs = tiny_experts
+    ds = data.load_dataset('digits', train_images_per_class=10, val_images_per_class=5)
+    runs = {'true': ds, 'wrong': ds._replace(y_test=(ds.y_test + 1) % 10)}
+    got = {}
+    for name, d in runs.items():
+        _, result = _tiny_run(tmp_path, trajs, d, iterations=6, out=name)
+        assert result['selected_on'] == 'validation'
+        with np.load(tmp_path / name / 'best.npz') as z:
+            got[name] = {k: z[k] for k in z.files}
+    a, b = got['true'], got['wrong']
+    assert str(a['selected_on']) == str(b['selected_on']) == 'validation'
+    for k in ('iteration', 'images', 'lr', 'val_accuracy_mean', 'val_accuracy_std'):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert float(a['accuracy_mean']) != float(b['accuracy_mean'])
+    lines = [json.loads(l) for l in open(tmp_path / 'wrong' / 'metrics.jsonl')]
+    evals = [l for l in lines if 'eval' in l]
+    assert evals and all(l['selected_on'] == 'validation' and 'val' in l for l in evals)
+    best = max(evals, key=lambda l: l['val']['mean'])
+    assert best['iteration'] == int(b['iteration'])
+
+
+def test_without_a_validation_split_best_npz_is_chosen_on_the_test_set(tmp_path,
+                                                                        tiny_experts):
+    ds, trajs = tiny_experts
+    _, result = _tiny_run(tmp_path, trajs, ds, iterations=1)
+    assert result['selected_on'] == 'test' and 'validation' not in result
+    with np.load(tmp_path / 'run' / 'best.npz') as z:
+        assert str(z['selected_on']) == 'test' and 'val_accuracy_mean' not in z.files
 
 
 @pytest.fixture(scope='module')

@@ -28,6 +28,12 @@ flags.DEFINE_string('data_dir', None, 'Folder of the data source (TFDS data_dir,
                     'or the tiny-imagenet-200 folder).')
 flags.DEFINE_integer('train_images_per_class', None,
                      'Keep only the first K training images of each class (small runs).')
+flags.DEFINE_integer('val_images_per_class', 0,
+                     'Hold out the last V training images of each class as a validation split '
+                     'before anything else sees them (experts, synthetic initialisation, '
+                     'preprocessing); distillation then chooses best.npz by validation '
+                     'accuracy and only reports the test accuracy. 0: no split, best.npz is '
+                     'chosen on the test set as in the reference code.')
 flags.DEFINE_boolean('zca', False, 'ZCA-whiten images (fit on training images, eps 0.1).')
 flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
 flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
@@ -118,13 +124,35 @@ flags.DEFINE_enum('on_fault', 'skip', ['skip', 'stop'], 'On a non-finite loss or
 flags.DEFINE_string('synthetic', None, 'Folder of a distillation run (or an .npz) to evaluate.')
 flags.DEFINE_enum('baseline', None, ['random', 'full'], 'Evaluate a baseline instead: random '
                   'real images (--ipc per class) or the full training set.')
+flags.DEFINE_list('models', None, 'Cross-architecture evaluation of --synthetic: these '
+                  'architectures (convnet = the set\'s own ConvNet, convnet_bn, convnet_nn, mlp, '
+                  'lenet, alexnet, vgg11, vgg11_bn, resnet18, resnet18_bn, resnet18_ap, '
+                  'resnet18_bn_ap), --num_eval networks each; writes a table, JSON and a '
+                  'bar chart to --report_dir.')
+flags.DEFINE_list('eval_lr', None, 'Learning rate of the evaluation networks: unset = the '
+                  "set's learned lr (the reference); one number for every architecture; or "
+                  'name=lr pairs (e.g. alexnet=0.01,vgg11=0.01), the others learned.')
+flags.DEFINE_boolean('report', False, "Also train the baselines of each architecture (random "
+                     "real images at the set's ipc and the full training set, same recipe; "
+                     'cached in --baseline_cache) and report the IOR, HLR and LRS scores '
+                     '(DD-Ranking).')
+flags.DEFINE_float('lrs_weight', 0.5, 'w in LRS: a = w IOR - (1 - w) HLR (DD-Ranking: 0.5).')
+flags.DEFINE_integer('full_data_epochs', 0, 'Epochs of the full-training-set baseline of '
+                     '--report (0: --eval_epochs); its lr is --lr_teacher.')
+flags.DEFINE_string('report_dir', None, 'Where --models / --report write '
+                    'cross_architecture.{md,json,png}. Default: SYNTHETIC/evaluation.')
+flags.DEFINE_string('baseline_cache', None, 'Folder of cached baseline accuracies (keyed by '
+                    'dataset, subset, architecture, recipe, ipc, seed). Default: '
+                    'runs/<dataset>/baselines.')
 
 ACT = 'relu'
 POOL = 'avgpool'
 # What distillation and evaluation take from the experts' (or the synthetic set's) settings
 # when the command line does not give it.
-INHERITED = ('dataset', 'data_source', 'data_dir', 'train_images_per_class', 'zca', 'width',
-             'depth', 'norm')
+INHERITED = ('dataset', 'data_source', 'data_dir', 'train_images_per_class',
+             'val_images_per_class', 'zca', 'width', 'depth', 'norm')
+# Data settings added after some folders and sets were written, with their value then.
+DATA_DEFAULTS = expert_store.CONFIG_DEFAULTS
 
 
 def expert_dir() -> str:
@@ -140,7 +168,8 @@ def out_dir(method: str, ipc: int) -> str:
 def load_data() -> data.Dataset:
     """Loads the dataset the shared flags describe."""
     return data.load_dataset(FLAGS.dataset, FLAGS.data_source, FLAGS.data_dir,
-                             FLAGS.train_images_per_class, FLAGS.zca)
+                             FLAGS.train_images_per_class, FLAGS.zca,
+                             val_images_per_class=FLAGS.val_images_per_class)
 
 
 def model_settings(ds: data.Dataset) -> dict:
@@ -154,7 +183,7 @@ def model_settings(ds: data.Dataset) -> dict:
 def data_settings() -> dict:
     """The data choices that change what a network is trained on."""
     return {'dataset': FLAGS.dataset, 'train_images_per_class': FLAGS.train_images_per_class,
-            'zca': FLAGS.zca}
+            'zca': FLAGS.zca, 'val_images_per_class': FLAGS.val_images_per_class}
 
 
 def data_location() -> dict:
@@ -227,6 +256,38 @@ def distill_settings() -> distill.Settings:
     if FLAGS.lr_syn_init is not None:
         fields['lr_teacher'] = FLAGS.lr_syn_init
     return distill.Settings(**fields, start_sampling=sampling)
+
+
+# ---- evaluation
+
+def eval_lrs() -> dict:
+    """``--eval_lr`` as {architecture: lr}, '*' for every architecture; {} means the learned
+    lr. Raises ``ValueError`` naming the entry that does not parse."""
+    out = {}
+    for item in FLAGS.eval_lr or []:
+        name, _, value = item.rpartition('=')
+        try:
+            lr = float(value)
+        except ValueError:
+            raise ValueError(f'--eval_lr: {item!r} is neither a number nor name=number '
+                             '(e.g. --eval_lr=0.01 or --eval_lr=alexnet=0.01).') from None
+        if not lr > 0:
+            raise ValueError(f'--eval_lr: {item!r} must be positive.')
+        out[models.canonical_name(name) if name else '*'] = lr
+    return out
+
+
+def report_dir() -> str:
+    """``--report_dir``, or ``evaluation/`` in the run folder of ``--synthetic``."""
+    if FLAGS.report_dir:
+        return FLAGS.report_dir
+    run = FLAGS.synthetic if os.path.isdir(FLAGS.synthetic) else os.path.dirname(FLAGS.synthetic)
+    return os.path.join(run, 'evaluation')
+
+
+def baseline_cache() -> str:
+    """``--baseline_cache``, or ``runs/<dataset>/baselines``."""
+    return FLAGS.baseline_cache or os.path.join('runs', FLAGS.dataset, 'baselines')
 
 
 # ---- documentation

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags
 
-from mct_jax import checkpoint, data, distill, expert_store
+from mct_jax import checkpoint, data, distill, expert_store, models
 from mct_jax.cli import flags as cli_flags
 
 FLAGS = flags.FLAGS
@@ -55,6 +55,9 @@ def data_problems() -> list[str]:
     if FLAGS.train_images_per_class is not None and FLAGS.train_images_per_class < 1:
         problems.append(f'--train_images_per_class={FLAGS.train_images_per_class} must be at '
                         'least 1 (or leave it unset for all training images).')
+    if FLAGS.val_images_per_class < 0:
+        problems.append(f'--val_images_per_class={FLAGS.val_images_per_class} must be >= 0 '
+                        '(0: no validation split).')
     if source == 'npz':
         if data_dir is None:
             problems.append("--data_source=npz needs --data_dir: the folder holding train.npz "
@@ -106,9 +109,10 @@ def stored_config_problems(expert_dir: str, keys) -> list[str]:
     except checkpoint.CheckpointError as e:
         return [str(e)]
     mine = dict(_flag_config(), **cli_flags.training_settings())
-    return [f'{expert_dir} holds experts with {k}={stored.get(k)!r} but the flags say '
-            f'{mine[k]!r}; use the same settings or another --expert_dir.'
-            for k in keys if k in stored and stored.get(k) != mine[k]]
+    return [f'{expert_dir} holds experts with {k}={expert_store.stored_value(stored, k)!r} '
+            f'but the flags say {mine[k]!r}; use the same settings or another --expert_dir.'
+            for k in keys if (k in stored or k in expert_store.CONFIG_DEFAULTS)
+            and expert_store.stored_value(stored, k) != mine[k]]
 
 
 def expert_command_problems() -> list[str]:
@@ -193,5 +197,23 @@ def evaluate_command_problems() -> list[str]:
                             'class; lower --ipc or raise --train_images_per_class.')
     if FLAGS.num_eval < 1 or FLAGS.eval_epochs < 1:
         problems.append('--num_eval and --eval_epochs must be at least 1.')
+    if (FLAGS.models or FLAGS.report) and FLAGS.synthetic is None:
+        problems.append('--models and --report evaluate a distilled set: give --synthetic=RUN '
+                        '(for a baseline alone use --baseline).')
+    for name in FLAGS.models or []:
+        try:
+            models.canonical_name(name)
+        except ValueError as e:
+            problems.append(f'--models: {e}')
+    try:
+        cli_flags.eval_lrs()
+    except ValueError as e:
+        problems.append(str(e))
+    if not 0 <= FLAGS.lrs_weight <= 1:
+        problems.append(f'--lrs_weight={FLAGS.lrs_weight} must lie in [0, 1] (DD-Ranking uses '
+                        '0.5).')
+    if FLAGS.full_data_epochs < 0:
+        problems.append(f'--full_data_epochs={FLAGS.full_data_epochs} must be >= 0 (0: '
+                        '--eval_epochs).')
     return problems
 

@@ -14,6 +14,11 @@ momentum 0.5 (``lr_img`` and ``lr_lr``). Each iteration of :meth:`Distiller.run`
 4. every ``eval_every`` iterations, evaluates the set and hands it to the run folder
    (:mod:`mct_jax.run_folder`), which saves it and checkpoints the state.
 
+``best.npz`` is the set with the best *validation* accuracy when the dataset holds out a
+validation split (``data.load_dataset(val_images_per_class=K)``); the test accuracy is then
+only reported. Without one it is chosen on the test set, as the reference code does, and
+the run says so.
+
 A resumed run therefore repeats an uninterrupted one exactly. The command
 ``python -m mct_jax.distill`` is :mod:`mct_jax.distill.__main__`.
 """
@@ -212,13 +217,19 @@ class Distiller:
         self.progress = progress if self.primary else 'none'
         self.folder = RunFolder(out_dir, settings_json, ds.to_display, ds.class_names,
                                 f'{s.method.upper()}, ipc {s.ipc}, N {s.syn_steps}',
-                                self.primary, tensorboard, pictures)
+                                self.primary, tensorboard, pictures,
+                                selected_on='validation' if ds.has_validation else 'test')
         self.update = make_update(self.tx, self.devices[0])
         self.point = jax.jit(trajectory.point)
         self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
                                                  use_dsa=s.dsa)
         self.key = jax.random.key(s.seed)
-        self.x_test, self.y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+        # The splits each evaluated set is tested on; the first one chooses best.npz.
+        splits = {'test': (ds.x_test, ds.y_test)}
+        if ds.has_validation:
+            splits = {'validation': (ds.x_val, ds.y_val), **splits}
+        self.selected_on = next(iter(splits))
+        self.eval_sets = {k: (jnp.asarray(x), jnp.asarray(y)) for k, (x, y) in splits.items()}
 
     def _residual_plan(self, num_devices: int) -> str:
         """Whether the forward method stores each student step's residuals (faster) or
@@ -298,14 +309,17 @@ class Distiller:
         return syn, opt_state, float(loss), int(fault), samples
 
     def evaluate(self, syn, labels, iteration: int) -> dict:
-        """Trains ``num_eval`` networks on the set; mean and std of their test accuracy."""
+        """Trains ``num_eval`` networks on the set: ``{split: summary}`` of their accuracy
+        on each evaluation split (test, and validation when there is one)."""
+        names = list(self.eval_sets)
         with monitor.Progress(self.s.num_eval, f'evaluate it {iteration}', unit='net',
                               mode=self.progress, leave=False) as bar:
             acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
-                                 syn['images'], labels, syn['lr'], self.x_test, self.y_test,
-                                 on_network=lambda i, a: (bar.update(acc=100 * a),
+                                 syn['images'], labels, syn['lr'],
+                                 tuple(self.eval_sets.values()),
+                                 on_network=lambda i, a: (bar.update(acc=100 * a[0]),
                                                           checkpoint.crash_point('evaluate')))
-        return evaluate.summarize(acc)
+        return {name: evaluate.summarize(acc[:, j]) for j, name in enumerate(names)}
 
     def _evaluates_at(self, iteration: int) -> bool:
         return iteration % self.s.eval_every == 0 or iteration == self.s.iterations
@@ -321,6 +335,11 @@ class Distiller:
             logging.info('Devices: %s.', self.device_plan)
             if self.residual_plan:
                 logging.info('Meta-gradient: %s.', self.residual_plan)
+            if self.selected_on == 'test':
+                logging.warning('No validation split (--val_images_per_class=0): best.npz is '
+                                'chosen by test accuracy, as the reference code does, so its '
+                                'test accuracy is optimistic. Hold out training images with '
+                                '--val_images_per_class=K to choose on them instead.')
         first, restored = 0, folder.restore(opt_state, self._place)
         if restored:
             syn, opt_state, first = restored
@@ -334,14 +353,18 @@ class Distiller:
         try:
             for it in range(first, s.iterations + 1):
                 if self._evaluates_at(it) and not (restored and it == first):
-                    summary = self.evaluate(syn, labels, it)
-                    last_acc = summary['mean']
+                    summaries = self.evaluate(syn, labels, it)
+                    last_acc = summaries[self.selected_on]['mean']
                     lr = float(syn['lr'])
-                    bar.write(f'iteration {it}: accuracy {summary["mean"]:.2f} +- '
-                              f'{summary["std"]:.2f} % (lr {lr:.4g})')
-                    folder.record_evaluation(it, syn, labels, summary, opt_state)
-                    result = {'iteration': it, 'accuracy': summary, 'best': folder.best,
-                              'lr': lr}
+                    bar.write(f'iteration {it}: ' + ', '.join(
+                        f'{name} {v["mean"]:.2f} +- {v["std"]:.2f} %'
+                        for name, v in summaries.items()) + f' (lr {lr:.4g})')
+                    folder.record_evaluation(it, syn, labels, summaries, opt_state)
+                    result = {'iteration': it, 'accuracy': summaries['test'],
+                              **({'validation': summaries['validation']}
+                                 if 'validation' in summaries else {}),
+                              'best': folder.best, 'best_iteration': folder.best_iteration,
+                              'selected_on': self.selected_on, 'lr': lr}
                 if it == s.iterations:
                     break
                 if ahead is not None:

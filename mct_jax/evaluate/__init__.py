@@ -25,14 +25,16 @@ from mct_jax import train
 
 def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: float = 0.9,
                          weight_decay: float = 5e-4, use_dsa: bool = True):
-    """``train_and_test(key, images, labels, lr, x_test, y_test) -> accuracy`` in [0, 1].
+    """``train_and_test(key, images, labels, lr, eval_sets) -> accuracies [len(eval_sets)]``.
 
     Trains one network initialised from ``fold_in(key, 0)`` (epoch e shuffles and augments
-    with ``fold_in(key, e + 1)``) and returns its test accuracy. Traceable: ``jit``,
+    with ``fold_in(key, e + 1)``) and returns its accuracy in [0, 1] on each ``(x, y)`` of
+    ``eval_sets`` (e.g. the validation and the test images). A model with batch norm trains
+    with batch statistics and is tested with its running ones. Traceable: ``jit``,
     ``lax.map`` or ``vmap`` it over keys; ``lr`` is traced, so a changing learned lr does not
     recompile.
     """
-    def train_and_test(k, images, labels, lr, x_test, y_test):
+    def train_and_test(k, images, labels, lr, eval_sets):
         n = images.shape[0]
         steps_per_epoch = -(-n // min(batch_size, n))
         boundary = (epochs // 2) * steps_per_epoch
@@ -43,15 +45,28 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
         tx = optax.chain(optax.add_decayed_weights(weight_decay),
                          optax.sgd(schedule, momentum=momentum))
         params = model.init(jax.random.fold_in(k, 0))
-
-        def epoch(carry, e):
-            p, s = carry
-            p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
-                                      jax.random.fold_in(k, e + 1), batch_size, use_dsa,
-                                      model.loss_grad)
-            return (p, s), None
-        (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
-        return train.predict_correct(model.apply, params, x_test, y_test) / x_test.shape[0]
+        if model.init_stats is None:
+            def epoch(carry, e):
+                p, s = carry
+                p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
+                                          jax.random.fold_in(k, e + 1), batch_size, use_dsa,
+                                          model.loss_grad)
+                return (p, s), None
+            (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)),
+                                          jnp.arange(epochs))
+            apply = model.apply
+        else:
+            def epoch(carry, e):
+                p, st, s = carry
+                p, st, s, _ = train.sgd_epoch_with_stats(
+                    model.apply_stats, p, st, s, tx, images, labels,
+                    jax.random.fold_in(k, e + 1), batch_size, use_dsa)
+                return (p, st, s), None
+            (params, stats, _), _ = jax.lax.scan(
+                epoch, (params, model.init_stats(), tx.init(params)), jnp.arange(epochs))
+            apply = lambda p, x: model.apply_stats(p, stats, x, False)[0]
+        return jnp.stack([train.predict_correct(apply, params, x, y) / x.shape[0]
+                          for x, y in eval_sets])
     return train_and_test
 
 
@@ -62,22 +77,23 @@ def network_keys(key, num_nets: int):
 
 def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
                    momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True):
-    """Builds ``evaluate(key, images, labels, lr, x_test, y_test, on_network=None) -> acc``.
+    """Builds ``evaluate(key, images, labels, lr, eval_sets, on_network=None) -> acc``.
 
-    ``acc`` is [num_nets]; network i is trained from ``network_keys(key, num_nets)[i]`` by
-    :func:`make_network_trainer`, one compiled program called once per network (exposed as
-    ``evaluate.network``); ``on_network(i, accuracy)`` is called after each.
+    ``acc`` is [num_nets, len(eval_sets)]; network i is trained from
+    ``network_keys(key, num_nets)[i]`` by :func:`make_network_trainer`, one compiled
+    program called once per network (exposed as ``evaluate.network``);
+    ``on_network(i, accuracies)`` is called after each.
     """
     one = jax.jit(make_network_trainer(model, epochs, batch_size, momentum, weight_decay,
                                        use_dsa))
     keys_of = jax.jit(network_keys, static_argnums=1)
 
-    def evaluate(key, images, labels, lr, x_test, y_test, on_network=None):
+    def evaluate(key, images, labels, lr, eval_sets, on_network=None):
         keys, accs = keys_of(key, num_nets), []
         for i in range(num_nets):
-            accs.append(one(keys[i], images, labels, lr, x_test, y_test))
+            accs.append(one(keys[i], images, labels, lr, tuple(eval_sets)))
             if on_network is not None:
-                on_network(i, float(accs[-1]))
+                on_network(i, [float(a) for a in accs[-1]])
         return jnp.stack(accs)
     evaluate.network = one   # the compiled per-network program
     return evaluate

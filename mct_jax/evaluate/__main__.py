@@ -1,11 +1,14 @@
 """``python -m mct_jax.evaluate``: the evaluation protocol on a set (:mod:`mct_jax.evaluate`).
 
     python -m mct_jax.evaluate --synthetic=OUT_DIR                     # a distilled set
+    python -m mct_jax.evaluate --synthetic=OUT_DIR --models=convnet,alexnet,vgg11,resnet18
+    python -m mct_jax.evaluate --synthetic=OUT_DIR --report           # + IOR, HLR, LRS
     python -m mct_jax.evaluate --baseline=random --ipc=10 [data flags]  # random real images
     python -m mct_jax.evaluate --baseline=full [data flags]             # all training images
 
 With ``--synthetic`` the dataset, its subset and the model come from the set's settings (and
-its experts' config) unless the command line sets them. Prints the result as JSON.
+its experts' config) unless the command line sets them. ``--models`` or ``--report`` write a
+Markdown table, JSON and a bar chart to ``--report_dir``. Prints the result as JSON.
 """
 
 import json
@@ -18,6 +21,7 @@ from absl import logging
 from mct_jax import evaluate, expert_store, models, monitor
 from mct_jax.cli import app, validate
 from mct_jax.cli import flags as cli_flags
+from mct_jax.evaluate import report
 
 FLAGS = cli_flags.FLAGS
 
@@ -35,6 +39,137 @@ def _inherit_from_set(path: str) -> None:
         pass
 
 
+def _one_model(ds, model, images, labels, lr, name, key) -> dict:
+    """The protocol on one set with the flags' model: ``num_eval`` networks, their test
+    accuracy (and validation accuracy when the data holds out a split)."""
+    splits = {'test': (ds.x_test, ds.y_test)}
+    if ds.has_validation:
+        splits['validation'] = (ds.x_val, ds.y_val)
+    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in splits.values())
+    evaluator = evaluate.make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs,
+                                        use_dsa=FLAGS.dsa)
+    with monitor.Progress(FLAGS.num_eval, 'evaluate', unit='net', mode=FLAGS.progress) as bar:
+        acc = evaluator(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
+                        jnp.float32(lr), sets,
+                        on_network=lambda i, a: bar.update(acc=round(100 * a[0], 2)))
+    s = evaluate.summarize(acc[:, 0])
+    logging.info('%s: %.2f +- %.2f %% over %d networks (%d images, lr %.4g, %d epochs)',
+                 name, s['mean'], s['std'], FLAGS.num_eval, len(images), lr, FLAGS.eval_epochs)
+    out = dict(s, name=name, images=int(len(images)), lr=lr, epochs=FLAGS.eval_epochs)
+    if ds.has_validation:
+        out['validation'] = evaluate.summarize(acc[:, 1])
+    return out
+
+
+def _architectures(ds, syn) -> tuple[dict, dict]:
+    """``--models`` as {name: Model} and each one's learning rate (``--eval_lr``, else the
+    set's learned lr). ``convnet`` is the set's own ConvNet (its width, depth and norm)."""
+    names = FLAGS.models or ['convnet']
+    built, lrs = {}, {}
+    fixed = cli_flags.eval_lrs()
+    for raw in names:
+        name = models.canonical_name(raw)
+        if name == 'convnet':
+            built[name] = models.from_config(cli_flags.model_settings(ds))
+        else:
+            built[name] = models.get(name, ds.image_shape, ds.num_classes, FLAGS.width)
+        lrs[name] = fixed.get(name, fixed.get('*', float(syn['lr'])))
+    return built, lrs
+
+
+def _cross_architecture(ds, syn, key) -> dict:
+    """``--models`` (and ``--report``): every architecture's networks on the set, written to
+    ``--report_dir``."""
+    built, lrs = _architectures(ds, syn)
+    recipe = report.Recipe(FLAGS.num_eval, FLAGS.eval_epochs, use_dsa=FLAGS.dsa)
+    splits = {'test': (ds.x_test, ds.y_test)}
+    if ds.has_validation:
+        splits['validation'] = (ds.x_val, ds.y_val)
+    total = len(built) * recipe.num_nets
+    with monitor.Progress(total, 'architectures', unit='net', mode=FLAGS.progress) as bar:
+        results = report.evaluate_models(
+            built, syn['images'], syn['labels'], lrs, splits, recipe, jax.random.fold_in(key, 2),
+            on_network=lambda name, i, a: bar.update(model=name, acc=round(100 * a['test'], 2)))
+    for name, r in results.items():
+        logging.info('%s: test %.2f +- %.2f %% over %d networks (lr %.4g, %.0f s)', name,
+                     r['test']['mean'], r['test']['std'], recipe.num_nets, r['lr'],
+                     r['seconds'])
+    selected = str(syn.get('selected_on', 'test'))
+    out = {'title': f'Cross-architecture evaluation of {FLAGS.synthetic}',
+           'set': FLAGS.synthetic, 'selected_on': selected,
+           'recipe': dict(recipe._asdict(), lr='learned' if not FLAGS.eval_lr
+                          else ','.join(FLAGS.eval_lr)),
+           'results': results}
+    if selected == 'test':
+        out['note'] = ('the set was selected on the test set (no validation split), so its '
+                       'test accuracies are optimistic')
+    if FLAGS.report:
+        _add_scores(out, ds, syn, built, recipe, key)
+    folder = cli_flags.report_dir()
+    print(report.write_report(out, folder), end='')
+    logging.info('Report written to %s (cross_architecture.md, .json, .png).', folder)
+    return out
+
+
+def _add_scores(out, ds, syn, built, recipe, key) -> None:
+    """Random-real and full-data baselines of every architecture (from the cache when
+    computed before) and the set's IOR, HLR and LRS against them."""
+    cache = report.BaselineCache(cli_flags.baseline_cache())
+    data_key = dict(cli_flags.data_settings(), image_shape=list(ds.image_shape))
+    ipc = int(json.loads(json.dumps(syn['settings'])).get('ipc', len(syn['labels'])
+                                                          // ds.num_classes))
+    for name, model in built.items():
+        r = out['results'][name]
+        arch_key = {'name': name}
+        if name == 'convnet':   # the set's own ConvNet
+            arch_key.update({k: FLAGS[k].value for k in ('width', 'depth', 'norm')})
+        random_key = report.baseline_key('random', data_key, arch_key, recipe, r['lr'], ipc,
+                                         FLAGS.seed)
+        full_recipe = recipe._replace(epochs=FLAGS.full_data_epochs or recipe.epochs)
+        full_key = report.baseline_key('full', data_key, arch_key, full_recipe,
+                                       FLAGS.lr_teacher, None, FLAGS.seed)
+        for kind, bkey in (('random', random_key), ('full', full_key)):
+            got = cache.get(bkey)
+            if got is None:
+                logging.info('%s: training the %s baseline (%d networks)...', name, kind,
+                             recipe.num_nets)
+                got = _baseline(kind, ds, model, r['lr'] if kind == 'random' else
+                                FLAGS.lr_teacher, ipc,
+                                recipe if kind == 'random' else full_recipe, key)
+                cache.put(bkey, got)
+            else:
+                logging.info('%s: %s baseline from %s.', name, kind, cache.path(bkey))
+            r[kind] = got
+        r['scores'] = report.scores(r['test']['mean'], r['random']['mean'], r['full']['mean'],
+                                    FLAGS.lrs_weight)
+        sc = r['scores']
+        logging.info('%s: IOR %.2f, HLR %.2f, LRS %.2f (points of accuracy; LRS in %%)',
+                     name, sc['IOR'], sc['HLR'], sc['LRS'])
+
+
+def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
+    """Test accuracy of random real images (a fresh draw of ``ipc`` per class for each
+    network) or of the whole training set, trained with ``recipe``."""
+    one_net = evaluate.make_evaluator(model, 1, recipe.epochs, recipe.batch_size,
+                                      recipe.momentum, recipe.weight_decay, recipe.use_dsa)
+    test = ((jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)),)
+    accs = []
+    with monitor.Progress(recipe.num_nets, f'{kind} baseline', unit='net',
+                          mode=FLAGS.progress) as bar:
+        for i in range(recipe.num_nets):
+            k = jax.random.fold_in(jax.random.fold_in(key, 3), i)
+            if kind == 'random':
+                x, y = evaluate.random_real_subset(k, ds.x_train, ds.y_train, ds.num_classes,
+                                                   ipc)
+            else:
+                x, y = ds.x_train, ds.y_train
+            acc = float(one_net(k, jnp.asarray(x), jnp.asarray(y), jnp.float32(lr), test)[0, 0])
+            accs.append(acc)
+            bar.update(acc=round(100 * acc, 2))
+    return dict(evaluate.summarize(accs), lr=float(lr), ipc=ipc if kind == 'random' else None,
+                epochs=recipe.epochs)
+
+
 def main(argv):
     del argv
     if FLAGS.synthetic:
@@ -48,10 +183,14 @@ def main(argv):
     if FLAGS.synthetic:
         syn = evaluate.load_synthetic(FLAGS.synthetic)
         for k, v in cli_flags.data_settings().items():
-            if syn['settings'].get(k) != v:
-                raise ValueError(f'The synthetic set was distilled with {k}='
-                                 f'{syn["settings"].get(k)!r} but this run has {k}={v!r}; '
-                                 'pass the same data flags (or leave them out).')
+            stored = syn['settings'].get(k, cli_flags.DATA_DEFAULTS.get(k))
+            if stored != v:
+                raise ValueError(f'The synthetic set was distilled with {k}={stored!r} but this '
+                                 f'run has {k}={v!r}; pass the same data flags (or leave '
+                                 'them out).')
+        if FLAGS.models or FLAGS.report:
+            print(json.dumps(_cross_architecture(ds, syn, key)['results']))
+            return
         images, labels, lr, name = syn['images'], syn['labels'], float(syn['lr']), FLAGS.synthetic
     elif FLAGS.baseline == 'random':
         images, labels = evaluate.random_real_subset(jax.random.fold_in(key, 1), ds.x_train,
@@ -59,17 +198,7 @@ def main(argv):
         lr, name = FLAGS.lr_teacher, f'random real, ipc {FLAGS.ipc}'
     else:
         images, labels, lr, name = ds.x_train, ds.y_train, FLAGS.lr_teacher, 'full training set'
-    evaluator = evaluate.make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs,
-                                        use_dsa=FLAGS.dsa)
-    with monitor.Progress(FLAGS.num_eval, 'evaluate', unit='net', mode=FLAGS.progress) as bar:
-        acc = evaluator(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
-                        jnp.float32(lr), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test),
-                        on_network=lambda i, a: bar.update(acc=round(100 * a, 2)))
-    s = evaluate.summarize(acc)
-    logging.info('%s: %.2f +- %.2f %% over %d networks (%d images, lr %.4g, %d epochs)',
-                 name, s['mean'], s['std'], FLAGS.num_eval, len(images), lr, FLAGS.eval_epochs)
-    print(json.dumps(dict(s, name=name, images=int(len(images)), lr=lr,
-                          epochs=FLAGS.eval_epochs)))
+    print(json.dumps(_one_model(ds, model, images, labels, lr, name, key)))
 
 
 def run():

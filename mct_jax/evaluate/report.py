@@ -1,0 +1,184 @@
+"""Cross-architecture evaluation of a set, and its scores against baselines.
+
+:func:`evaluate_models` trains the evaluation protocol's networks of several architectures
+on one set; :func:`scores` are DD-Ranking's scores of a set against the two baselines of
+the same recipe; :class:`BaselineCache` keeps baseline accuracies on disk so that a second
+report does not train them again; :func:`write_report` writes the Markdown table, the JSON
+and a bar chart.
+
+DD-Ranking's definitions (Li et al., "DD-Ranking: Rethinking the evaluation of dataset
+distillation"), with accuracies as fractions:
+
+* IOR = acc(synthetic) - acc(random real images, same ipc, same recipe): improvement over
+  random;
+* HLR = acc(full training set) - acc(synthetic): what is left to recover;
+* LRS = (e^a - e^-1) / (e - e^-1), a = w IOR - (1 - w) HLR, w = 0.5 by default: 1 for a
+  set as good as the full data and infinitely better than random, 0 for the reverse.
+
+(DD-Ranking's code passes accuracies in percent to the exponential, which leaves [0, 1];
+fractions keep LRS in [0, 1], as its documentation defines it. Reported in percent.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from mct_jax import checkpoint
+from mct_jax.evaluate import make_evaluator, summarize
+
+
+class Recipe(NamedTuple):
+    """How evaluation networks are trained (METHOD.md section 7)."""
+    num_nets: int = 5
+    epochs: int = 300
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    use_dsa: bool = True
+
+
+def scores(synthetic: float, random: float, full: float, weight: float = 0.5) -> dict:
+    """IOR, HLR and LRS (DD-Ranking) from accuracies in percent; all three in percent."""
+    if not 0 <= weight <= 1:
+        raise ValueError(f'The LRS weight must lie in [0, 1], got {weight}.')
+    ior = (synthetic - random) / 100
+    hlr = (full - synthetic) / 100
+    a = weight * ior - (1 - weight) * hlr
+    lrs = (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
+    return {'IOR': 100 * ior, 'HLR': 100 * hlr, 'LRS': 100 * lrs, 'weight': weight}
+
+
+def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, recipe: Recipe,
+                    key, on_network: Callable | None = None) -> dict:
+    """Trains ``recipe.num_nets`` networks of each architecture on (images, labels).
+
+    Args:
+      models: name -> :class:`mct_jax.models.Model`.
+      lrs: name -> learning rate of that architecture's networks.
+      eval_sets: split name ('test', 'validation') -> (x, y), the images each network is
+        tested on after training.
+      key: network i of every architecture starts from ``network_keys(key, n)[i]``.
+      on_network: ``on_network(name, i, {split: accuracy})`` after each network.
+    Returns:
+      name -> ``{split: summary (mean, std, all, in percent), 'lr': ..., 'seconds': ...}``.
+    """
+    splits = list(eval_sets)
+    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in eval_sets.values())
+    out = {}
+    for name, model in models.items():
+        evaluate = make_evaluator(model, recipe.num_nets, recipe.epochs, recipe.batch_size,
+                                  recipe.momentum, recipe.weight_decay, recipe.use_dsa)
+        start = time.time()
+        notify = None
+        if on_network is not None:
+            notify = lambda i, a, name=name: on_network(name, i, dict(zip(splits, a)))
+        acc = np.asarray(evaluate(key, jnp.asarray(images), jnp.asarray(labels),
+                                  jnp.float32(lrs[name]), sets, on_network=notify))
+        out[name] = {split: summarize(acc[:, j]) for j, split in enumerate(splits)}
+        out[name].update(lr=float(lrs[name]), seconds=time.time() - start)
+    return out
+
+
+class BaselineCache:
+    """Baseline accuracies on disk, one JSON file per key (dataset, subset, model, recipe,
+    ipc, seed...), so that a report computes each baseline once."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def path(self, key: dict) -> str:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return os.path.join(self.folder, f'{key.get("baseline", "baseline")}_{digest}.json')
+
+    def get(self, key: dict) -> dict | None:
+        path = self.path(key)
+        if not os.path.isfile(path):
+            return None
+        try:
+            stored = checkpoint.read_json(path)
+        except checkpoint.CheckpointError:
+            return None   # a damaged entry is computed again
+        return stored['result'] if stored.get('key') == json.loads(json.dumps(key)) else None
+
+    def put(self, key: dict, result: dict) -> None:
+        checkpoint.write_json(self.path(key), {'key': key, 'result': result})
+
+
+def write_report(report: dict, folder: str, name: str = 'cross_architecture') -> str:
+    """``NAME.md`` (one row per architecture: accuracy mean +- std per split, seconds, and
+    the scores when present), ``NAME.json`` and ``NAME.png`` (bars with their std) in
+    ``folder``. Returns the Markdown."""
+    os.makedirs(folder, exist_ok=True)
+    results = report['results']
+    splits = [s for s in ('validation', 'test') if any(s in r for r in results.values())]
+    has_scores = any('scores' in r for r in results.values())
+    head = ['architecture'] + [f'{s} accuracy (%)' for s in splits] + ['lr', 'networks',
+                                                                     'seconds']
+    if has_scores:
+        head += ['random real (%)', 'full data (%)', 'IOR', 'HLR', 'LRS']
+    lines = [f'# {report.get("title", "Cross-architecture evaluation")}', '']
+    for k in ('set', 'selected_on', 'recipe', 'note'):
+        if k in report:
+            lines.append(f'- {k.replace("_", " ")}: {report[k]}')
+    lines += ['', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for arch, r in results.items():
+        row = [arch] + [f'{r[s]["mean"]:.2f} +- {r[s]["std"]:.2f}' for s in splits]
+        row += [f'{r["lr"]:.4g}', str(len(r[splits[-1]]['all'])), f'{r["seconds"]:.0f}']
+        if has_scores:
+            sc = r.get('scores')
+            row += ([f'{r["random"]["mean"]:.2f}', f'{r["full"]["mean"]:.2f}',
+                     f'{sc["IOR"]:.2f}', f'{sc["HLR"]:.2f}', f'{sc["LRS"]:.2f}']
+                    if sc else ['-'] * 5)
+        lines.append('| ' + ' | '.join(row) + ' |')
+    md = '\n'.join(lines) + '\n'
+    with open(os.path.join(folder, f'{name}.md'), 'w') as f:
+        f.write(md)
+    checkpoint.write_json(os.path.join(folder, f'{name}.json'), report)
+    _bar_chart(results, splits[-1], os.path.join(folder, f'{name}.png'),
+               report.get('title', ''))
+    return md
+
+
+def _bar_chart(results: dict, split: str, png: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
+    x = np.arange(len(names))
+    series = [('synthetic', lambda r: r[split])]
+    if any('random' in r for r in results.values()):
+        series += [('random real', lambda r: r.get('random')),
+                   ('full data', lambda r: r.get('full'))]
+    width = 0.8 / len(series)
+    for j, (label, get) in enumerate(series):
+        vals = [get(results[n]) for n in names]
+        ax.bar(x + (j - (len(series) - 1) / 2) * width,
+               [v['mean'] if v else 0 for v in vals], width,
+               yerr=[v['std'] if v else 0 for v in vals], capsize=3, label=label)
+    ax.set_xticks(x, names)
+    ax.set(ylabel=f'{split} accuracy (%)', title=title)
+    ax.grid(alpha=0.3, axis='y')
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png + '.tmp.png'
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def baseline_key(kind: str, dataset: dict, arch: str, recipe: Recipe, lr: float,
+                 ipc: int | None, seed: int) -> dict:
+    """What a baseline accuracy depends on: the data (dataset, subset, preprocessing), the
+    architecture, the recipe, the lr, the ipc (random real images) and the seed."""
+    return {'baseline': kind, 'data': dataset, 'architecture': arch,
+            'recipe': recipe._asdict(), 'lr': lr, 'ipc': ipc, 'seed': seed}
