@@ -6,9 +6,11 @@ minibatches, and is compared with the expert's parameters theta_target M epochs 
     loss = ||theta_N - theta_target||^2 / ||theta_start - theta_target||^2      (all leaves)
 
 The synthetic set is a pytree ``syn = {'images': [n, H, W, C], 'lr': []}`` (the images and
-the learned student learning rate); ``jax.grad(meta_loss)(syn, ...)`` returns the exact
-meta-gradient as a pytree of the same structure. The N steps are one ``lax.scan``; how they
-are differentiated is a :class:`RolloutOptions` choice:
+the learned student learning rate), with ``'label_logits': [n, K]`` when the labels are
+learned (the student then fits ``softmax(label_logits)``, see :func:`targets`);
+``jax.grad(meta_loss)(syn, ...)`` returns the meta-gradient as a pytree of the same
+structure. The N steps are one ``lax.scan``; how they are differentiated is a
+:class:`RolloutOptions` choice:
 
 * ``method='forward'`` (the default, the fastest): the rollout has a custom VJP whose
   backward pass walks the steps in reverse and takes each step's Hessian-vector products in
@@ -19,7 +21,20 @@ are differentiated is a :class:`RolloutOptions` choice:
   reference PyTorch code does with ``create_graph=True``); ``remat`` rematerialises each step
   with ``jax.checkpoint``.
 
-All of them give the same derivative (float64 tests in ``tests/test_distill.py``).
+Both give the same derivative (float64 tests in ``tests/test_distill.py``). A third method is
+*not* that derivative:
+
+* ``method='tesla'``: the constant-memory approximation of TESLA (Cui et al., 2023) that the
+  MCT authors' release uses. With r = theta_N - theta_target and D = ||theta_start -
+  theta_target||^2, it takes
+
+      dL/dx  = -(2 lr / D) sum_t J_t^T r,     J_t = d g_t(x; theta_t) / dx at fixed theta_t,
+      dL/dlr = -(2 / D) <sum_t g_t, r>,
+
+  i.e. the exact backward pass with every step's cotangent held at the last one's: the terms
+  by which an image changes later steps through theta (the Hessian products) are dropped;
+  it is exact for N = 1. Its cosine similarity to the exact gradient is measured in
+  ``docs/toolbox.md``.
 
 Several devices: under ``pmap`` with ``axis_name``, each step's minibatch is split across the
 devices and the student gradient is averaged with ``lax.pmean``; see
@@ -39,7 +54,7 @@ from mct_jax.models import Model
 
 PyTree = Any
 
-METHODS = ('forward', 'reverse')
+METHODS = ('forward', 'reverse', 'tesla')
 
 
 class RolloutOptions(NamedTuple):
@@ -78,10 +93,10 @@ def residual_bytes(grad_and_residuals, theta: PyTree, images, labels) -> int:
 
 
 def residual_plan(model: Model, theta: PyTree, images, labels, options: RolloutOptions):
-    """``(store, bytes)``: whether the forward method stores the residuals of the N steps,
-    and how many bytes they take on this device for this minibatch shape. From shapes
-    only; nothing runs."""
-    if model.stored_hvp is None or options.method != 'forward':
+    """``(store, bytes)``: whether the forward (or tesla) method stores the residuals of the
+    N steps, and how many bytes they take on this device for this minibatch shape. From
+    shapes only; nothing runs."""
+    if model.stored_hvp is None or options.method == 'reverse':
         return False, 0
     need = options.num_steps * residual_bytes(model.stored_hvp[0], theta, images, labels)
     budget = options.residual_budget
@@ -102,6 +117,14 @@ def tree_vdot(a: PyTree, b: PyTree):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def targets(syn: dict, labels):
+    """What the student fits: ``softmax(syn['label_logits'])`` when the set learns its labels,
+    else ``labels`` ([n] integer classes, or [n, K] fixed probabilities)."""
+    if 'label_logits' in syn:
+        return jax.nn.softmax(syn['label_logits'], axis=-1)
+    return labels
+
+
 def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
             options: RolloutOptions, axis_name: str | None = None, num_shards: int = 1):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
@@ -110,8 +133,10 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
       model: the student network (its ``loss_grad`` and ``stored_hvp`` are used by the
         forward method when present; ``apply`` is differentiated otherwise).
       theta_start: start parameters.
-      syn: ``{'images': [n, H, W, C], 'lr': []}``, the synthetic set and the learned lr.
-      labels: [n] int classes of the images.
+      syn: ``{'images': [n, H, W, C], 'lr': []}``, the synthetic set and the learned lr
+        (and ``'label_logits'`` when the labels are learned).
+      labels: [n] int classes of the images, or [n, K] fixed soft labels (ignored when
+        ``syn`` has ``'label_logits'``, see :func:`targets`).
       key: PRNG key; step t augments with ``fold_in(k_aug, t)``.
       options: see :class:`RolloutOptions`.
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
@@ -124,6 +149,8 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
         raise ValueError(f'Unknown meta-gradient method {options.method!r}; choose one of '
                          f'{METHODS}.')
     images, lr = syn['images'], syn['lr']
+    labels = targets(syn, labels)
+    soft = labels.ndim == 2     # float targets: the backward pass also gives their cotangent
     num_steps, use_dsa = options.num_steps, options.use_dsa
     k_idx, k_aug = jax.random.split(key)
     idx = step_indices(k_idx, images.shape[0], options.batch_size, num_steps)
@@ -151,10 +178,10 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
         loss_grad = train.autodiff_loss_grad(model.apply)
 
     def student_grad(theta, xb, yb, input_grad):
-        grads, grad_x, _ = loss_grad(theta, xb, yb, input_grad)
+        grads, grad_x, logits = loss_grad(theta, xb, yb, input_grad)
         if axis_name is not None:
             grads = lax.pmean(grads, axis_name)
-        return grads, grad_x
+        return grads, grad_x, logits
 
     if options.method == 'reverse':
         def step(theta, inputs):
@@ -168,9 +195,11 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
 
     store, _ = residual_plan(model, theta_start,
                              jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
-                             jax.ShapeDtypeStruct((local,), labels.dtype), options)
+                             jax.ShapeDtypeStruct((local,) + labels.shape[1:], labels.dtype),
+                             options)
     if store:
         grad_and_residuals, hvp = model.stored_hvp
+    exact = options.method == 'forward'
 
     # Everything the rollout depends on is an argument or made inside (nothing traced is
     # closed over), so that it composes with vmap, pmap and a jit around it.
@@ -196,36 +225,52 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
         return theta_n, (thetas, images, lr, labels, k_aug, idx)
 
     def run_bwd(residuals, ct):
-        # Step t maps theta_t to theta_t - lr g_t(theta_t, x_t) with x_t the augmented batch
-        # drawn from the images. Its transpose, for the cotangent v of theta_{t+1}:
-        #   theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>,
+        # Step t maps theta_t to theta_t - lr g_t(theta_t, x_t, y_t) with x_t the augmented
+        # batch drawn from the images and y_t its targets. Its transpose, for the cotangent v
+        # of theta_{t+1}:
+        #   theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>;
+        #   soft targets: lr (J_t v) / B,
         # where H_tt v and H_xt v (the Hessian of the student loss applied to v, in its
-        # theta and x rows) are the forward-mode derivative of (g_t, grad_x) along v (jax.jvp,
-        # or the hand-written ``hvp`` from the step's stored residuals), and A_t^T pulls a
-        # batch gradient back through the augmentation and the indexing.
+        # theta and x rows) and the logits' tangent J_t v are the forward-mode derivative of
+        # the student gradient along v (jax.jvp, or the hand-written ``hvp`` from the step's
+        # stored residuals), A_t^T pulls a batch gradient back through the augmentation and
+        # the indexing, and g = J^T (softmax - y) / B gives the targets' row. The tesla
+        # method keeps v at the last step's cotangent instead of moving it (see module).
         thetas, images, lr, labels, k_aug, idx = residuals
         steps = jnp.arange(num_steps)
 
         def step(carry, inputs):
-            v, ct_images, ct_lr = carry
+            v, ct_images, ct_lr, ct_labels = carry
             saved, t, step_idx = inputs
-            xb, pull_back, yb = jax.vjp(lambda im: minibatch(im, labels, k_aug, t, step_idx),
-                                        images, has_aux=True)
+            if soft:
+                (xb, yb), pull_xy = jax.vjp(
+                    lambda im, y: minibatch(im, y, k_aug, t, step_idx), images, labels)
+                pull_back = lambda ct_x, ct_y: pull_xy((ct_x, ct_y))
+            else:
+                xb, pull_x, yb = jax.vjp(
+                    lambda im: minibatch(im, labels, k_aug, t, step_idx), images, has_aux=True)
+                pull_back = lambda ct_x, _: pull_x(ct_x) + (None,)
             if store:
                 theta, g, res = saved
-                hv, hv_x = hvp(theta, res, xb, yb, v, True)
+                hv, hv_x, logits_t = hvp(theta, res, xb, yb, v, True, logits_tangent=True)
                 if axis_name is not None:
                     hv = lax.pmean(hv, axis_name)
             else:
-                (g, _), (hv, hv_x) = jax.jvp(lambda p: student_grad(p, xb, yb, True),
-                                            (saved,), (v,))
-            ct_images = ct_images + pull_back(-lr * hv_x)[0]
+                (g, _, _), (hv, hv_x, logits_t) = jax.jvp(
+                    lambda p: student_grad(p, xb, yb, True), (saved,), (v,))
+            ct_x, ct_y = pull_back(-lr * hv_x, lr * logits_t / xb.shape[0]
+                                   if soft else None)
+            ct_images = ct_images + ct_x
+            if soft:
+                ct_labels = ct_labels + ct_y
             ct_lr = ct_lr - tree_vdot(g, v).astype(ct_lr.dtype)
-            return (sgd(v, hv, lr), ct_images, ct_lr), None
+            return (sgd(v, hv, lr) if exact else v, ct_images, ct_lr, ct_labels), None
 
-        init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr))
-        (v, ct_images, ct_lr), _ = lax.scan(step, init, (thetas, steps, idx), reverse=True)
-        return v, ct_images, ct_lr, None, None, None
+        init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr),
+                jnp.zeros_like(labels) if soft else None)
+        (v, ct_images, ct_lr, ct_labels), _ = lax.scan(step, init, (thetas, steps, idx),
+                                                       reverse=True)
+        return v, ct_images, ct_lr, ct_labels, None, None
 
     run.defvjp(run_fwd, run_bwd)
     return run(theta_start, images, jnp.asarray(lr, images.dtype), labels, k_aug, idx)

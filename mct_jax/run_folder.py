@@ -52,12 +52,16 @@ class RunFolder:
       primary: whether this process writes (process 0 of a multi-process run).
       tensorboard, pictures: the optional outputs.
       selected_on: the split whose accuracy chooses ``best.npz``, 'validation' or 'test'.
+      added_defaults: settings added to the library after some runs were written, with the
+        value those runs had; a folder without them resumes as if it had them.
     """
 
     def __init__(self, path: str, settings: dict, to_display: Callable, class_names: Sequence,
                  title: str = '', primary: bool = True, tensorboard: bool = True,
-                 pictures: bool = True, selected_on: str = 'test'):
+                 pictures: bool = True, selected_on: str = 'test',
+                 added_defaults: dict | None = None):
         self.path, self.settings = path, settings
+        self.added_defaults = json.loads(json.dumps(added_defaults or {}))
         self.selected_on = selected_on
         self.best_iteration = None
         self.to_display, self.class_names, self.title = to_display, class_names, title
@@ -82,8 +86,8 @@ class RunFolder:
         if not os.path.isfile(path):
             checkpoint.write_json(path, self.settings)
             return
-        stored = checkpoint.read_json(path)
-        mine = json.loads(json.dumps(self.settings))  # tuples -> lists, as stored
+        stored = dict(self.added_defaults, **checkpoint.read_json(path))
+        mine = dict(self.added_defaults, **json.loads(json.dumps(self.settings)))  # as stored
         diffs = [f'{k}: folder has {stored.get(k)!r}, this run asks for {mine.get(k)!r}'
                  for k in sorted(set(stored) | set(mine))
                  if k not in RESUMABLE_CHANGES and stored.get(k) != mine.get(k)]
@@ -173,23 +177,26 @@ class RunFolder:
                 'train/seconds_per_iteration': record['seconds'], 'train/fault': fault})
 
     def record_evaluation(self, iteration: int, syn, labels, summaries: dict,
-                          opt_state) -> bool:
+                          opt_state, classes=None) -> bool:
         """Everything an evaluation writes, in crash-safe order: the metrics line, the
         latest and (if better on the selection split) best synthetic sets, events and
         pictures, then the checkpoint (which marks all of it done). ``summaries``: split
-        name -> summary, 'test' always, 'validation' when the run has one. Returns whether
-        the set is the best so far."""
+        name -> summary, 'test' always, 'validation' when the run has one. ``labels``: [n]
+        classes or [n, K] probabilities; ``classes``: each image's class, for pictures (the
+        labels themselves when they are classes). Returns whether the set is the best so
+        far."""
+        classes = np.asarray(labels if classes is None else classes)
         lr = float(syn['lr'])
         record = {'iteration': iteration, 'eval': summaries['test']}
         if 'validation' in summaries:
             record['val'] = summaries['validation']
         self._log(dict(record, selected_on=self.selected_on, lr=lr))
-        self._save_set('synthetic.npz', syn, labels, iteration, summaries)
+        self._save_set('synthetic.npz', syn, labels, classes, iteration, summaries)
         score = summaries[self.selected_on]['mean']
         improved = score > self.best
         if improved:
             self.best, self.best_iteration = score, iteration
-            self._save_set('best.npz', syn, labels, iteration, summaries)
+            self._save_set('best.npz', syn, labels, classes, iteration, summaries)
         if self.writer:
             scalars = {'eval/accuracy_mean': summaries['test']['mean'],
                        'eval/accuracy_std': summaries['test']['std'], 'eval/best': self.best}
@@ -198,26 +205,34 @@ class RunFolder:
             self.writer.scalars(iteration, scalars)
             self.writer.flush()
         if self.pictures:
-            self.background.submit(self._draw, np.asarray(syn['images']), np.asarray(labels),
-                                   iteration)
+            self.background.submit(self._draw, np.asarray(syn['images']), classes, iteration)
         self._save_checkpoint(syn, opt_state, iteration)
         return improved
 
-    def _save_set(self, name, syn, labels, iteration, summaries) -> None:
+    def _save_set(self, name, syn, labels, classes, iteration, summaries) -> None:
         """A synthetic set with its accuracies: ``accuracy_mean``/``_std`` on the test set,
         ``val_accuracy_mean``/``_std`` on the validation split when there is one, and
-        ``selected_on``, the split that chooses ``best.npz``."""
+        ``selected_on``, the split that chooses ``best.npz``. Soft labels are saved as
+        probabilities ``labels`` [n, K], with ``classes`` [n] and, when learned, their
+        ``label_logits``."""
         if not self.primary:
             return
         images = np.asarray(syn['images'])
         extra = {}
+        if np.ndim(labels) == 2:
+            extra.update(classes=np.asarray(classes, np.int32),
+                         labels=np.asarray(labels, np.float32))
+            if 'label_logits' in syn:
+                extra['label_logits'] = np.asarray(syn['label_logits'], np.float32)
+        else:
+            extra['labels'] = np.asarray(labels)
         if 'validation' in summaries:
-            extra = dict(val_accuracy_mean=np.float64(summaries['validation']['mean']),
+            extra.update(val_accuracy_mean=np.float64(summaries['validation']['mean']),
                          val_accuracy_std=np.float64(summaries['validation']['std']))
-        checkpoint.write_npz(self.file(name), images=images, labels=np.asarray(labels),
+        checkpoint.write_npz(self.file(name), images=images, **extra,
                              lr=np.float32(syn['lr']), iteration=np.int64(iteration),
                              accuracy_mean=np.float64(summaries['test']['mean']),
-                             accuracy_std=np.float64(summaries['test']['std']), **extra,
+                             accuracy_std=np.float64(summaries['test']['std']),
                              selected_on=np.asarray(self.selected_on),
                              images_display=self.to_display(images).astype(np.float32),
                              class_names=np.asarray(self.class_names),

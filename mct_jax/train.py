@@ -20,8 +20,16 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy; logits [B, K], integer labels [B]."""
+    """Mean softmax cross-entropy; logits [B, K], integer labels [B] or target
+    probabilities [B, K] (soft labels)."""
+    if labels.ndim == 2:
+        return optax.softmax_cross_entropy(logits, labels).mean()
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def classes(labels):
+    """The class of each example: integer labels as they are, soft labels' most probable."""
+    return jnp.argmax(labels, -1) if labels.ndim == 2 else labels
 
 
 def autodiff_loss_grad(apply_fn: ApplyFn):
@@ -71,7 +79,8 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
         grads, _, logits = grad_fn(params, xb, yb)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, correct + jnp.sum(jnp.argmax(logits, -1) == yb)
+        hits = jnp.sum(jnp.argmax(logits, -1) == classes(yb), dtype=correct.dtype)
+        return params, opt_state, correct + hits
     return _epoch(step, (params, opt_state, jnp.zeros((), jnp.int32)), x, y, key, batch_size,
                   use_dsa)
 
@@ -91,7 +100,8 @@ def sgd_epoch_with_stats(apply_stats, params, stats, opt_state,
         grads, (logits, stats) = jax.grad(loss, has_aux=True)(params, stats, xb, yb)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, stats, opt_state, correct + jnp.sum(jnp.argmax(logits, -1) == yb)
+        hits = jnp.sum(jnp.argmax(logits, -1) == classes(yb), dtype=correct.dtype)
+        return params, stats, opt_state, correct + hits
     return _epoch(step, (params, stats, opt_state, jnp.zeros((), jnp.int32)), x, y, key,
                   batch_size, use_dsa)
 

@@ -221,6 +221,9 @@ def test_presets_cover_every_dataset_and_ipc():
         for ipc in (1, 10, 50):
             assert f'{ds}_ipc{ipc}.cfg' in PRESETS
     assert len([p for p in PRESETS if p.endswith('_mct_authors.cfg')]) == 3
+    for ds in ('cifar10', 'cifar100', 'tiny'):   # the paper's waypoints and DATM's settings
+        for ipc in (1, 10, 50):
+            assert {f'{ds}_ipc{ipc}_mct_paper.cfg', f'{ds}_ipc{ipc}_datm.cfg'} <= set(PRESETS)
 
 
 @pytest.mark.parametrize('preset', PRESETS)
@@ -231,7 +234,7 @@ def test_presets_parse_and_validate(preset, preset_results):
     assert result['problems'] == []
     assert result['overridden'] == [7, 3]
     text = open(os.path.join(REPO, 'experiments', preset)).read()
-    assert text.startswith('#')
+    assert text.startswith('#') and '\n# Follows: ' in text.split('\n--')[0]
     assert f'python -m mct_jax.distill --flagfile=experiments/{preset}' in text
     if preset.startswith(('cifar10_ipc', 'cifar100', 'tiny')):
         assert 'Published ConvNet accuracy' in text and 'Needs:' in text

@@ -123,6 +123,42 @@ CASES = [
      lambda t: ['--baseline=full', '--eval_lr=alexnet=fast'], 'neither a number'),
     ('evaluate: LRS weight outside [0, 1]', 'evaluate',
      lambda t: ['--baseline=full', '--lrs_weight=2'], 'must lie in [0, 1]'),
+    ('learned labels with no lr', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--labels=learned', '--lr_labels=0'],
+     '--lr_labels=0.0 must be positive'),
+    ('labels momentum of 1', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--labels_momentum=1'],
+     '--labels_momentum=1.0 must lie in [0, 1)'),
+    ('zero label temperature', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--label_temperature=0'],
+     '--label_temperature=0.0 must be positive'),
+    ('label epoch beyond the experts', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--labels=teacher', '--label_epoch=9'],
+     '--label_epoch=9.0 must lie in [0, 4]'),
+    ('negative label expert', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--label_expert=-1'],
+     '--label_expert=-1 must be >= 0'),
+    ('window lower bound above the upper', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--min_start_epoch=2'],
+     'leaves no start below'),
+    ('window shrinking', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--max_start_epoch_final=1',
+                '--window_iterations=10'], 'the window only grows'),
+    ('window bound beyond the experts', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--max_start_epoch_final=4',
+                '--window_iterations=10'], 'goes beyond the experts'),
+    ('growing window without its length', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--max_start_epoch_final=3'],
+     'needs --window_iterations'),
+    ('window length without a final bound', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--window_iterations=10'],
+     'needs --max_start_epoch_final'),
+    ('negative lr decay period', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--lr_img_decay_every=-1'],
+     '--lr_img_decay_every=-1 must be >= 0'),
+    ('lr decay rate of zero', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', '--lr_img_decay_rate=0'],
+     '--lr_img_decay_rate=0.0 must lie in (0, 1]'),
     ('evaluate: random ipc above the class size', 'evaluate',
      lambda t: ['--baseline=random', '--ipc=20'], 'larger than the 10 training images'),
 ]
@@ -194,6 +230,23 @@ def test_command_line_lists_problems_before_loading(tmp_path):
     assert proc.returncode == 2
     assert '2 problems with the distillation settings' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and 'Loading' not in proc.stderr
+
+
+@pytest.mark.parametrize('flag,choices', [('--labels=soft', 'hard|teacher|learned'),
+                                          ('--image_optimizer=rmsprop', 'sgd|adam'),
+                                          ('--image_init=zeros', 'real|noise|correct'),
+                                          ('--meta_grad=approx', 'forward|reverse|tesla')])
+def test_a_choice_outside_its_list_is_named_with_the_list(flag, choices):
+    proc = _cli('distill', '--dataset=digits', flag)
+    assert proc.returncode != 0 and flag.split('=')[0] in proc.stderr
+    assert choices in proc.stderr, proc.stderr[-1000:]
+
+
+def test_a_label_expert_beyond_the_experts_is_refused():
+    from mct_jax import distill
+    s = distill.Settings(labels='teacher', label_expert=3, max_start_epoch=2, expert_epochs=1)
+    assert any('--label_expert=3, but there are 2 experts' in p
+               for p in distill.check_settings(s, 4, None, 1, num_experts=2))
 
 
 def test_unknown_key_in_a_flagfile_is_named(tmp_path):

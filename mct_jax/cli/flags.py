@@ -96,10 +96,11 @@ flags.DEFINE_integer('num_eval', 5, 'Networks trained per evaluation.')
 flags.DEFINE_integer('eval_epochs', 300, 'Epochs per evaluation network (the reference uses 1000).')
 flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
 flags.DEFINE_enum('meta_grad', 'forward', rollout.METHODS,
-                  'How the meta-gradient is computed (the same derivative): forward = each '
+                  'How the meta-gradient is computed. forward = the exact gradient, each '
                   "step's Hessian-vector products in forward mode through a custom VJP, memory "
-                  'bounded by --residual_budget_gb (fastest); reverse = jax.grad through the '
-                  'scan, as the reference.')
+                  'bounded by --residual_budget_gb (fastest); reverse = the same gradient by '
+                  'jax.grad through the scan, as the reference; tesla = the constant-memory '
+                  'approximation of TESLA and the MCT release (not the exact gradient).')
 flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backward pass: the '
                      'same gradient with memory flat in N. Reverse: instead of keeping its '
                      'activations; forward: instead of storing its residuals (see '
@@ -119,6 +120,40 @@ flags.DEFINE_integer('num_samples', 1, '(expert, start) pairs per iteration, the
                      'run in parallel (vmap) and their losses averaged; 1 is the reference.')
 flags.DEFINE_enum('on_fault', 'skip', ['skip', 'stop'], 'On a non-finite loss or gradient, or '
                   'a non-positive learned lr: skip that update, or stop the run.')
+
+# ---- the toolbox around MCT: labels, start window, the authors' options
+flags.DEFINE_enum('labels', 'hard', ['hard', 'teacher', 'learned'], 'Labels of the synthetic '
+                  'set: hard classes (MTT, MCT); teacher = fixed soft labels from an expert\'s '
+                  'logits (the MCT release, TESLA); learned = logits learned with the images, '
+                  'initialised from the experts, images drawn among those an expert '
+                  'classifies correctly (DATM).')
+flags.DEFINE_float('label_epoch', None, 'Expert epoch whose parameters label (and choose '
+                   'correctly classified images). Default: --max_start_epoch for teacher '
+                   'labels (the MCT release), the last epoch for learned ones (DATM).')
+flags.DEFINE_integer('label_expert', 0, 'The expert of teacher labels and of --image_init='
+                     'correct (learned labels average every expert).')
+flags.DEFINE_float('label_temperature', 1.0, 'Teacher labels: softmax(logits / T).')
+flags.DEFINE_float('lr_labels', 2.0, 'Learned labels: SGD learning rate of the label logits '
+                   "(DATM's lr_y: 2 for CIFAR-10 ipc 10 and 50, 5 at ipc 1, 10 elsewhere).")
+flags.DEFINE_float('labels_momentum', 0.9, 'Learned labels: SGD momentum (DATM: 0.9).')
+flags.DEFINE_float('min_start_epoch', 0.0, 'Starts are drawn at or above this epoch '
+                   "(DATM's difficulty-aligned window).")
+flags.DEFINE_float('max_start_epoch_final', None, 'Grow the starts\' upper bound linearly '
+                   'from --max_start_epoch to this over --window_iterations iterations '
+                   '(DATM); unset: a fixed window.')
+flags.DEFINE_integer('window_iterations', 0, 'Iterations over which the upper bound grows to '
+                     "--max_start_epoch_final (DATM's expansion_end_epoch).")
+flags.DEFINE_enum('image_optimizer', 'sgd', ['sgd', 'adam'], 'Optimiser of the images: SGD '
+                  'with momentum 0.5 (the reference) or Adam (the MCT release\'s option).')
+flags.DEFINE_integer('lr_img_decay_every', 0, 'Multiply --lr_img by --lr_img_decay_rate every '
+                     'this many updates (the MCT release\'s --lr_decay: 2000); 0: never.')
+flags.DEFINE_float('lr_img_decay_rate', 0.5, 'Factor of each --lr_img_decay_every step.')
+flags.DEFINE_boolean('freeze_lr', False, 'Keep the student lr at its initial value instead '
+                     "of learning it (the MCT release's --mute_syn_lr).")
+flags.DEFINE_enum('image_init', None, ['real', 'noise', 'correct'], 'Initial images: random '
+                  'real ones of each class, N(0, 1) noise (the MCT release\'s pix_init=noise), '
+                  'or real ones the labelling expert classifies correctly. Default: correct '
+                  'with --labels=learned, else real.')
 
 # ---- evaluation (python -m mct_jax.evaluate)
 flags.DEFINE_string('synthetic', None, 'Folder of a distillation run (or an .npz) to evaluate.')

@@ -26,6 +26,7 @@ A resumed run therefore repeats an uninterrupted one exactly. The command
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from typing import NamedTuple
@@ -37,6 +38,7 @@ import optax
 from absl import logging
 
 from mct_jax import checkpoint, data, evaluate, monitor, parallel, rollout, trajectory
+from mct_jax import labels as soft_labels
 from mct_jax.run_folder import RunFolder
 
 
@@ -65,6 +67,31 @@ class Settings(NamedTuple):
     on_fault: str = 'skip'
     num_samples: int = 1          # (expert, start) pairs per iteration, averaged
     seed: int = 0
+    # -- the toolbox around MCT (defaults: MTT's and MCT's reference behaviour)
+    labels: str = 'hard'          # 'hard', 'teacher' or 'learned' (mct_jax.labels)
+    label_epoch: float | None = None   # expert epoch that labels; None: teacher max_start,
+                                       # learned the last (K)
+    label_expert: int = 0         # the expert of teacher labels and of 'correct' images
+    label_temperature: float = 1.0
+    lr_labels: float = 2.0        # learned labels: SGD lr (DATM's lr_y) ...
+    labels_momentum: float = 0.9  # ... and momentum
+    min_start_epoch: float = 0.0  # starts are drawn from [min_start, upper bound]; the bound
+    max_start_epoch_final: float | None = None  # grows from max_start_epoch to this ...
+    window_iterations: int = 0    # ... over these iterations (DATM's expansion_end_epoch)
+    image_optimizer: str = 'sgd'  # 'sgd' (momentum 0.5) or 'adam' (the MCT release's option)
+    lr_img_decay_every: int = 0   # halve (x lr_img_decay_rate) lr_img every this many updates
+    lr_img_decay_rate: float = 0.5
+    freeze_lr: bool = False       # keep the student lr at its initial value
+    image_init: str | None = None  # 'real', 'noise' or 'correct'; None: correct for learned
+                                   # labels, else real
+
+
+# Settings added after runs were written, with the behaviour those runs had: a run folder
+# without them resumes as if it had them.
+TOOLBOX_DEFAULTS = {k: Settings._field_defaults[k] for k in Settings._fields
+                    if Settings._fields.index(k) > Settings._fields.index('seed')}
+IMAGE_INITS = ('real', 'noise', 'correct')
+IMAGE_OPTIMIZERS = ('sgd', 'adam')
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -77,11 +104,48 @@ def init_synthetic(key, x_train, y_train, num_classes: int, ipc: int):
     return evaluate.random_real_subset(key, x_train, y_train, num_classes, ipc)
 
 
-def make_optimizer(lr_img: float, lr_lr: float) -> optax.GradientTransformation:
-    """SGD with momentum 0.5 on the images and on the learned lr, as the reference."""
-    return optax.multi_transform({'images': optax.sgd(lr_img, momentum=0.5),
-                                  'lr': optax.sgd(lr_lr, momentum=0.5)},
-                                 {'images': 'images', 'lr': 'lr'})
+def make_optimizer(lr_img: float, lr_lr: float, image_optimizer: str = 'sgd',
+                   decay_every: int = 0, decay_rate: float = 0.5, freeze_lr: bool = False,
+                   lr_labels: float | None = None,
+                   labels_momentum: float = 0.9) -> optax.GradientTransformation:
+    """The synthetic set's optimiser, one transformation per part of the pytree.
+
+    Images: SGD with momentum 0.5 (the reference) or Adam (the MCT release's option), at
+    ``lr_img`` times ``decay_rate`` per ``decay_every`` updates when that is set. The learned
+    lr: SGD with momentum 0.5 at ``lr_lr``, or nothing (``freeze_lr``). Learned label logits
+    (``lr_labels`` set): SGD with ``labels_momentum`` (DATM's).
+    """
+    lr_img = (optax.exponential_decay(lr_img, decay_every, decay_rate, staircase=True)
+              if decay_every else lr_img)
+    images = (optax.adam(lr_img) if image_optimizer == 'adam'
+              else optax.sgd(lr_img, momentum=0.5))
+    parts = {'images': images,
+             'lr': optax.set_to_zero() if freeze_lr else optax.sgd(lr_lr, momentum=0.5)}
+    if lr_labels is not None:
+        parts['label_logits'] = optax.sgd(lr_labels, momentum=labels_momentum)
+    return optax.multi_transform(parts, {k: k for k in parts})
+
+
+def optimizer_of(s: Settings) -> optax.GradientTransformation:
+    """:func:`make_optimizer` with the settings' choices."""
+    return make_optimizer(s.lr_img, s.lr_lr, s.image_optimizer, s.lr_img_decay_every,
+                          s.lr_img_decay_rate, s.freeze_lr,
+                          s.lr_labels if s.labels == 'learned' else None, s.labels_momentum)
+
+
+def start_window(s: Settings, iteration: int) -> tuple[float, float]:
+    """``(lower, upper)`` bounds of the start epochs at ``iteration``.
+
+    The upper bound grows linearly from ``max_start_epoch`` to ``max_start_epoch_final``
+    over ``window_iterations`` iterations, then stays (DATM's difficulty-aligned window;
+    integer starts take its floor, as DATM does); without a final bound it is
+    ``max_start_epoch`` throughout.
+    """
+    upper = s.max_start_epoch
+    if s.max_start_epoch_final is not None and s.window_iterations > 0:
+        grown = min(iteration / s.window_iterations, 1.0)
+        upper = s.max_start_epoch + (s.max_start_epoch_final - s.max_start_epoch) * grown
+    return s.min_start_epoch, upper
 
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
@@ -112,23 +176,35 @@ def make_update(tx: optax.GradientTransformation, device=None):
 
 
 def sample_start(seed: int, iteration: int, num_experts: int, max_start: float,
-                 continuous: bool, sample: int = 0) -> tuple[int, float]:
+                 continuous: bool, sample: int = 0,
+                 min_start: float = 0.0) -> tuple[int, float]:
     """Expert index and start epoch, a pure function of (seed, iteration, sample).
 
-    MCT: c ~ U[0, max_start] (eq. 10 makes any real c usable); MTT: an integer in
-    [0, max_start). ``sample`` numbers the pairs of one iteration (``--num_samples``).
+    MCT: c ~ U[min_start, max_start] (eq. 10 makes any real c usable); MTT: an integer in
+    [ceil(min_start), floor(max_start)). ``sample`` numbers the pairs of one iteration
+    (``--num_samples``).
     """
     rng = np.random.default_rng([seed, iteration] + ([sample] if sample else []))
     e = int(rng.integers(num_experts))
     if continuous:
-        return e, float(rng.uniform(0.0, max_start))
-    return e, float(rng.integers(max(int(max_start), 1)))
+        return e, float(rng.uniform(min_start, max_start))
+    low, high = math.ceil(min_start), max(int(max_start), 1)
+    return e, float(rng.integers(low, high) if low else rng.integers(high))
 
 
 def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: list | None,
-                   num_devices: int) -> list[str]:
-    """Every problem with the settings, each with its fix (an empty list when all is well)."""
+                   num_devices: int, num_experts: int | None = None) -> list[str]:
+    """Every problem with the settings, each with its fix (an empty list when all is well).
+
+    ``num_epochs``, ``num_images_per_class`` and ``num_experts`` describe the experts and
+    data when known (None skips the checks that need them).
+    """
     problems = []
+    if num_experts is not None and s.label_expert >= num_experts and (
+            s.labels == 'teacher' or (s.image_init or '') == 'correct'
+            or (s.labels == 'learned' and s.image_init is None)):
+        problems.append(f'--label_expert={s.label_expert}, but there are {num_experts} '
+                        f'experts; use 0 to {num_experts - 1}.')
     if s.residual_budget_gb < 0:
         problems.append(f'--residual_budget_gb={s.residual_budget_gb} must be >= 0 (0: always '
                         'recompute, as --remat).')
@@ -150,6 +226,7 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
         problems.append(f'--max_start_epoch={s.max_start_epoch} + --expert_epochs='
                         f'{s.expert_epochs} goes beyond the experts\' {num_epochs} epochs; '
                         'lower them or train longer experts (--train_epochs).')
+    problems += _toolbox_problems(s, num_epochs)
     if num_images_per_class is not None:
         small = [(c, n) for c, n in enumerate(num_images_per_class) if n < s.ipc]
         if small:
@@ -171,6 +248,69 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
         problems.append('--iterations must be >= 0 and --eval_every, --num_eval, '
                         '--eval_epochs >= 1.')
     return problems
+
+
+def _toolbox_problems(s: Settings, num_epochs: int | None) -> list[str]:
+    """The labels, start-window and optimiser options."""
+    problems = []
+    if s.labels not in soft_labels.KINDS:
+        problems.append(f'--labels={s.labels} is not one of {", ".join(soft_labels.KINDS)}.')
+    if not s.label_temperature > 0:
+        problems.append(f'--label_temperature={s.label_temperature} must be positive.')
+    if not s.lr_labels > 0:
+        problems.append(f'--lr_labels={s.lr_labels} must be positive.')
+    if not 0 <= s.labels_momentum < 1:
+        problems.append(f'--labels_momentum={s.labels_momentum} must lie in [0, 1).')
+    if s.label_expert < 0:
+        problems.append(f'--label_expert={s.label_expert} must be >= 0.')
+    if s.label_epoch is not None and (s.label_epoch < 0 or (num_epochs is not None
+                                                            and s.label_epoch > num_epochs)):
+        problems.append(f'--label_epoch={s.label_epoch} must lie in [0, {num_epochs}], the '
+                        "experts' epochs.")
+    if s.min_start_epoch < 0:
+        problems.append(f'--min_start_epoch={s.min_start_epoch} must be >= 0.')
+    final = s.max_start_epoch_final
+    top = max(s.max_start_epoch, final if final is not None else s.max_start_epoch)
+    if s.min_start_epoch >= s.max_start_epoch or (
+            s.start_sampling == 'integer'
+            and math.ceil(s.min_start_epoch) >= max(int(s.max_start_epoch), 1)):
+        problems.append(f'--min_start_epoch={s.min_start_epoch} leaves no start below '
+                        f'--max_start_epoch={s.max_start_epoch}; lower it.')
+    if final is not None:
+        if final < s.max_start_epoch:
+            problems.append(f'--max_start_epoch_final={final} must be >= --max_start_epoch='
+                            f'{s.max_start_epoch} (the window only grows).')
+        if s.window_iterations < 1:
+            problems.append('--max_start_epoch_final needs --window_iterations >= 1: the '
+                            'iterations over which the window grows.')
+        if num_epochs is not None and top + s.expert_epochs > num_epochs:
+            problems.append(f'--max_start_epoch_final={final} + --expert_epochs='
+                            f'{s.expert_epochs} goes beyond the experts\' {num_epochs} epochs; '
+                            'lower it or train longer experts.')
+    elif s.window_iterations:
+        problems.append('--window_iterations needs --max_start_epoch_final, the bound the '
+                        'window grows to.')
+    if s.image_optimizer not in IMAGE_OPTIMIZERS:
+        problems.append(f'--image_optimizer={s.image_optimizer} is not one of '
+                        f'{", ".join(IMAGE_OPTIMIZERS)}.')
+    if s.lr_img_decay_every < 0:
+        problems.append(f'--lr_img_decay_every={s.lr_img_decay_every} must be >= 0 (0: no '
+                        'decay).')
+    if not 0 < s.lr_img_decay_rate <= 1:
+        problems.append(f'--lr_img_decay_rate={s.lr_img_decay_rate} must lie in (0, 1].')
+    if s.image_init is not None and s.image_init not in IMAGE_INITS:
+        problems.append(f'--image_init={s.image_init} is not one of {", ".join(IMAGE_INITS)}.')
+    return problems
+
+
+_METHOD_NOTES = {
+    'forward': 'exact (forward-over-reverse), with respect to the images, the lr and any '
+               'learned labels',
+    'reverse': 'exact (reverse through the rollout), with respect to the images, the lr and '
+               'any learned labels',
+    'tesla': "TESLA's constant-memory approximation (the MCT release's): each step's "
+             'cotangent held at the last one, so it is not the exact gradient',
+}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -201,7 +341,7 @@ class Distiller:
             num_steps=s.syn_steps, batch_size=self.batch, use_dsa=s.dsa, method=s.meta_grad,
             remat=s.remat, residual_budget=s.residual_budget_gb * 1e9)
         self.meta_grad = parallel.make_meta_grad(model, self.options, every)
-        self.tx = make_optimizer(s.lr_img, s.lr_lr)
+        self.tx = optimizer_of(s)
         self.residual_plan = self._residual_plan(len(every))
         per = self.batch // len(every)
         self.device_plan = (f'{len(every)} {every[0].platform.upper()} '
@@ -214,11 +354,13 @@ class Distiller:
         # Multi-process runs: every process runs the same loop on the same state; process 0
         # alone writes files (the output folder must be shared for resuming).
         self.primary = jax.process_index() == 0
+        self.windowed = s.min_start_epoch > 0 or s.max_start_epoch_final is not None
         self.progress = progress if self.primary else 'none'
         self.folder = RunFolder(out_dir, settings_json, ds.to_display, ds.class_names,
                                 f'{s.method.upper()}, ipc {s.ipc}, N {s.syn_steps}',
                                 self.primary, tensorboard, pictures,
-                                selected_on='validation' if ds.has_validation else 'test')
+                                selected_on='validation' if ds.has_validation else 'test',
+                                added_defaults=dict(TOOLBOX_DEFAULTS, val_images_per_class=0))
         self.update = make_update(self.tx, self.devices[0])
         self.point = jax.jit(trajectory.point)
         self.evaluator = evaluate.make_evaluator(model, s.num_eval, s.eval_epochs,
@@ -260,11 +402,41 @@ class Distiller:
     # -- state
 
     def initial_state(self):
-        """``(syn, opt_state, labels)``: real images of each class, the initial learned lr."""
-        images, labels = init_synthetic(jax.random.fold_in(self.key, 10**9), self.ds.x_train,
-                                        self.ds.y_train, self.ds.num_classes, self.s.ipc)
-        syn = {'images': jnp.asarray(images), 'lr': jnp.float32(self.s.lr_teacher)}
+        """``(syn, opt_state, labels)``: the initial images (``image_init``), the initial
+        learned lr, and the labels: [n] classes (hard, and the classes of learned labels,
+        whose logits are ``syn['label_logits']``) or [n, K] teacher probabilities."""
+        s, ds = self.s, self.ds
+        key = jax.random.fold_in(self.key, 10**9)
+        init = s.image_init or ('correct' if s.labels == 'learned' else 'real')
+        if init == 'real':
+            images, labels = init_synthetic(key, ds.x_train, ds.y_train, ds.num_classes, s.ipc)
+        elif init == 'noise':   # the MCT release's pix_init=noise: N(0, 1) pixels
+            labels = np.repeat(np.arange(ds.num_classes, dtype=np.int32), s.ipc)
+            images = jax.random.normal(key, (len(labels),) + tuple(ds.image_shape))
+        else:
+            images, labels = soft_labels.correct_subset(
+                key, self.model.apply, self._label_params()[s.label_expert], ds.x_train,
+                ds.y_train, ds.num_classes, s.ipc)
+        syn = {'images': jnp.asarray(images, jnp.float32), 'lr': jnp.float32(s.lr_teacher)}
+        self.classes = np.asarray(labels)   # the class each image was drawn for (pictures)
+        if s.labels == 'teacher':
+            labels = soft_labels.teacher(self.model.apply, self._label_params()[s.label_expert],
+                                         syn['images'], s.label_temperature)
+        elif s.labels == 'learned':
+            syn['label_logits'] = soft_labels.learned_init(
+                self.model.apply, self._label_params(), syn['images'], labels)
         return self._place((syn, self.tx.init(syn), jnp.asarray(labels)))
+
+    def _label_params(self) -> list:
+        """Every expert's parameters at the labelling epoch (``label_epoch``; default the
+        start window's upper bound for teacher labels, as the MCT release, and the last
+        epoch for learned ones, as DATM)."""
+        s = self.s
+        epoch = s.label_epoch
+        if epoch is None:
+            epoch = s.max_start_epoch if s.labels == 'teacher' else None
+        return [self.point(t, t.num_epochs if epoch is None else min(epoch, t.num_epochs))
+                for t in self.trajs]
 
     def _place(self, tree):
         """Commits arrays to the first device with the layout the jitted update returns."""
@@ -278,8 +450,9 @@ class Distiller:
         starts, targets, keys, samples = [], [], [], []
         key = jax.random.fold_in(self.key, iteration)
         for j in range(s.num_samples):
-            e, c = sample_start(s.seed, iteration, len(self.trajs), s.max_start_epoch,
-                                s.start_sampling == 'continuous', j)
+            low, high = start_window(s, iteration)
+            e, c = sample_start(s.seed, iteration, len(self.trajs), high,
+                                s.start_sampling == 'continuous', j, low)
             traj = self.trajs[e]
             starts.append(self.point(traj, c))
             targets.append(self.point(traj, min(c + s.expert_epochs, traj.num_epochs)))
@@ -315,7 +488,7 @@ class Distiller:
         with monitor.Progress(self.s.num_eval, f'evaluate it {iteration}', unit='net',
                               mode=self.progress, leave=False) as bar:
             acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
-                                 syn['images'], labels, syn['lr'],
+                                 syn['images'], rollout.targets(syn, labels), syn['lr'],
                                  tuple(self.eval_sets.values()),
                                  on_network=lambda i, a: (bar.update(acc=100 * a[0]),
                                                           checkpoint.crash_point('evaluate')))
@@ -335,6 +508,15 @@ class Distiller:
             logging.info('Devices: %s.', self.device_plan)
             if self.residual_plan:
                 logging.info('Meta-gradient: %s.', self.residual_plan)
+            if self.windowed:
+                low, high = start_window(s, 0)
+                logging.info('Start window: [%g, %g]%s.', low, high,
+                             f', its upper bound growing to {s.max_start_epoch_final:g} by '
+                             f'iteration {s.window_iterations}'
+                             if s.max_start_epoch_final is not None else '')
+            if s.labels != 'hard' or s.meta_grad == 'tesla':
+                logging.info('Labels: %s; meta-gradient: %s.', s.labels,
+                             _METHOD_NOTES[s.meta_grad])
             if self.selected_on == 'test':
                 logging.warning('No validation split (--val_images_per_class=0): best.npz is '
                                 'chosen by test accuracy, as the reference code does, so its '
@@ -359,7 +541,8 @@ class Distiller:
                     bar.write(f'iteration {it}: ' + ', '.join(
                         f'{name} {v["mean"]:.2f} +- {v["std"]:.2f} %'
                         for name, v in summaries.items()) + f' (lr {lr:.4g})')
-                    folder.record_evaluation(it, syn, labels, summaries, opt_state)
+                    folder.record_evaluation(it, syn, rollout.targets(syn, labels), summaries,
+                                             opt_state, classes=self.classes)
                     result = {'iteration': it, 'accuracy': summaries['test'],
                               **({'validation': summaries['validation']}
                                  if 'validation' in summaries else {}),
@@ -375,10 +558,12 @@ class Distiller:
                 seconds = time.time() - t0
                 checkpoint.crash_point('iteration')
                 lr = float(syn['lr'])
-                folder.record_iteration(
-                    {'iteration': it, 'loss': loss, 'lr': lr,
-                     'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
-                     'fault': FAULTS[fault], 'seconds': seconds}, fault)
+                record = {'iteration': it, 'loss': loss, 'lr': lr,
+                          'expert': [e for e, _ in samples], 'start': [c for _, c in samples],
+                          'fault': FAULTS[fault], 'seconds': seconds}
+                if self.windowed:
+                    record['window'] = list(start_window(s, it))
+                folder.record_iteration(record, fault)
                 if fault:
                     self._on_fault(it, fault, bar)
                 stats = {'loss': loss, 'lr': lr}

@@ -35,7 +35,8 @@ def main(argv):
                                       expected)
     counts = np.bincount(ds.y_train, minlength=ds.num_classes).tolist()
     validate.raise_if_any(distill.check_settings(s, trajs[0].num_epochs, counts,
-                                                 jax.device_count()), 'distillation')
+                                                 jax.device_count(), len(trajs)),
+                          'distillation')
     out_dir = cli_flags.out_dir(s.method, s.ipc)
     settings_json = dict(s._asdict(), **expected, expert_dir=expert_dir,
                          num_experts_used=len(trajs))

@@ -40,8 +40,11 @@ class Model(NamedTuple):
 
     * ``loss_grad(params, x, labels, input_grad=False) -> (grads, grad_x or None, logits)``;
     * ``stored_hvp``: ``(grad_and_residuals(params, x, labels) -> (grads, logits,
-      residuals), hvp(params, residuals, x, labels, v, input_grad) -> (hv, hv_x or None))``,
-      the gradient that also keeps what its Hessian-vector product needs.
+      residuals), hvp(params, residuals, x, labels, v, input_grad, logits_tangent) -> (hv,
+      hv_x or None[, logits_t]))``, the gradient that also keeps what its Hessian-vector
+      product needs.
+
+    ``labels`` are [B] integer classes or [B, K] target probabilities (soft labels).
 
     Models with batch norm also have ``init_stats() -> stats`` (running means 0, variances
     1) and ``apply_stats(params, stats, x, train) -> (logits, stats)``.
@@ -71,9 +74,10 @@ def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', a
             params, x, labels, act, pool, input_grad),
         stored_hvp=(lambda params, x, labels: conv_net_grad.loss_grad_and_residuals(
                         params, x, labels, act, pool),
-                    lambda params, residuals, x, labels, v, input_grad=False:
-                        conv_net_grad.loss_hvp(params, residuals, x, labels, v, act, pool,
-                                               input_grad)))
+                    lambda params, residuals, x, labels, v, input_grad=False,
+                    logits_tangent=False: conv_net_grad.loss_hvp(
+                        params, residuals, x, labels, v, act, pool, input_grad,
+                        logits_tangent)))
 
 
 # name: (init, apply) of mct_jax.models.reference, with their fixed options

@@ -29,6 +29,14 @@ from mct_jax.models.conv_net import (ACTIVATIONS, LEAKY_SLOPE, Params, check_cho
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
+def targets(labels, num_classes: int, dtype):
+    """[B, K] target probabilities: one-hot rows for integer labels [B], the rows themselves
+    for soft labels (probabilities [B, K])."""
+    if labels.ndim == 2:
+        return labels.astype(dtype)
+    return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+
+
 # Inputs with at most this many channels (the image layer) are convolved as one im2col
 # matrix product, faster there than a native convolution (docs/benchmarks.md).
 IM2COL_MAX_CHANNELS = 4
@@ -105,7 +113,8 @@ def loss_grad(params: Params, x, labels, act='relu', pool='avgpool', input_grad=
 
     Args:
       params: from :func:`init`.
-      x: [B, H, W, C] images; labels: [B] integer classes.
+      x: [B, H, W, C] images; labels: [B] integer classes, or [B, K] target
+        probabilities (soft labels: the gradient of the soft-target cross-entropy).
       input_grad: also return the gradient with respect to ``x``.
     Returns:
       ``(grads, grad_x, logits)``: a pytree like ``params``, [B, H, W, C] or None, and the
@@ -137,8 +146,8 @@ def _loss_grad(params, x, labels, act, pool, input_grad):
         h = pool2x2(a, pool)
     feats = h.reshape(h.shape[0], -1)
     logits = feats @ params['dense']['w'] + params['dense']['b']
-    d_logits = (jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1],
-                                                        dtype=logits.dtype)) / x.shape[0]
+    d_logits = (jax.nn.softmax(logits) - targets(labels, logits.shape[-1], logits.dtype)
+                ) / x.shape[0]
     grads = {'dense': {'w': feats.T @ d_logits, 'b': d_logits.sum(0)}}
     dh = (d_logits @ params['dense']['w'].T).reshape(h.shape)
     res = {'logits': logits, 'feats': feats}
@@ -184,7 +193,7 @@ def loss_grad_and_residuals(params: Params, x, labels, act='relu', pool='avgpool
 
 
 def loss_hvp(params: Params, residuals, x, labels, v: Params, act='relu', pool='avgpool',
-             input_grad=False):
+             input_grad=False, logits_tangent=False):
     """Hessian-vector product of the mean cross-entropy, from stored residuals.
 
     The forward-mode derivative of :func:`loss_grad` along ``v`` (the same value as
@@ -198,7 +207,9 @@ def loss_hvp(params: Params, residuals, x, labels, v: Params, act='relu', pool='
 
     Returns:
       ``(hv, hv_x)``: a pytree like ``params`` and, with ``input_grad``, the [B, H, W, C]
-      derivative of the input gradient (else None).
+      derivative of the input gradient (else None); with ``logits_tangent`` also the
+      [B, num_classes] derivative of the logits along ``v`` (what the meta-gradient with
+      respect to soft labels needs).
     """
     check_choices('none', act, pool)
     f, df, ddf = ACTIVATIONS[act], _ACT_GRADS[act], _ACT_GRADS2[act]
@@ -234,7 +245,7 @@ def loss_hvp(params: Params, residuals, x, labels, v: Params, act='relu', pool='
     logits_t = feats_t @ params['dense']['w'] + feats @ v['dense']['w'] + v['dense']['b']
     p = jax.nn.softmax(logits)
     n = x.shape[0]
-    d_logits = (p - jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)) / n
+    d_logits = (p - targets(labels, logits.shape[-1], logits.dtype)) / n
     d_logits_t = p * (logits_t - jnp.sum(p * logits_t, axis=-1, keepdims=True)) / n
     hv = {'dense': {'w': feats_t.T @ d_logits + feats.T @ d_logits_t, 'b': d_logits_t.sum(0)}}
     dht = (d_logits_t @ params['dense']['w'].T + d_logits @ v['dense']['w'].T
@@ -276,6 +287,8 @@ def loss_hvp(params: Params, residuals, x, labels, v: Params, act='relu', pool='
             dht = _conv3x3_input_grad(dct, w, c_in) + _conv3x3_input_grad(dc, wt, c_in)
     if input_grad:
         hv_x = dht
+    if logits_tangent:
+        return hv, hv_x, logits_t
     return hv, hv_x
 
 
