@@ -15,7 +15,7 @@ from mct_jax.cli import flags as cli_flags
 # Errors that describe a problem with the user's settings or files; their messages name the
 # problem and the fix, so a traceback would only hide them.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-               data.DataError, checkpoint.CheckpointError, FloatingPointError)
+               ImportError, data.DataError, checkpoint.CheckpointError, FloatingPointError)
 
 # Loggers whose INFO lines describe the machine rather than the user's run: JAX reporting
 # the backends it looked for and did not find (the TPU probe), matplotlib building its font

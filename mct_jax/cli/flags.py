@@ -72,6 +72,10 @@ flags.DEFINE_list('anchors', None, 'Anchor epochs to store, increasing from 0 to
                   '(default 0,K: the plain MCT).')
 flags.DEFINE_boolean('smooth_anchors', False, "MCT authors' anchor smoothing (interior anchor "
                      'a -> mean of epochs a-1 and a+1; last -> mean of K-1 and K).')
+flags.DEFINE_string('import_buffers', None, "Instead of training, import the field's PyTorch "
+                    'expert buffers (MTT buffer.py: a folder of replay_buffer_N.pt) as experts '
+                    'in --expert_dir; the ConvNet is read off the tensor shapes and checked '
+                    'against the flags. Needs PyTorch.')
 flags.DEFINE_boolean('save_full_trajectory', False,
                      "Also store all K+1 snapshots (the MTT baseline's format).")
 
@@ -159,6 +163,9 @@ flags.DEFINE_enum('image_init', None, ['real', 'noise', 'correct'], 'Initial ima
 flags.DEFINE_string('synthetic', None, 'Folder of a distillation run (or an .npz) to evaluate.')
 flags.DEFINE_enum('baseline', None, ['random', 'full'], 'Evaluate a baseline instead: random '
                   'real images (--ipc per class) or the full training set.')
+flags.DEFINE_string('export', None, 'Instead of evaluating --synthetic, write it for PyTorch '
+                    'evaluators into this folder: images.pt (NCHW, in its space), labels.pt, '
+                    'lr.pt, preprocessing.json (and zca.pt). Needs PyTorch.')
 flags.DEFINE_list('models', None, 'Cross-architecture evaluation of --synthetic: these '
                   'architectures (convnet = the set\'s own ConvNet, convnet_bn, convnet_nn, mlp, '
                   'lenet, alexnet, vgg11, vgg11_bn, resnet18, resnet18_bn, resnet18_ap, '

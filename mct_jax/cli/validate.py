@@ -197,6 +197,10 @@ def evaluate_command_problems() -> list[str]:
                             'class; lower --ipc or raise --train_images_per_class.')
     if FLAGS.num_eval < 1 or FLAGS.eval_epochs < 1:
         problems.append('--num_eval and --eval_epochs must be at least 1.')
+    if FLAGS.export and FLAGS.synthetic is None:
+        problems.append('--export writes a distilled set: give --synthetic=RUN.')
+    if FLAGS.export:
+        problems += [p for p in [writable_problem(FLAGS.export, 'export')] if p]
     if (FLAGS.models or FLAGS.report) and FLAGS.synthetic is None:
         problems.append('--models and --report evaluate a distilled set: give --synthetic=RUN '
                         '(for a baseline alone use --baseline).')

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mct_jax import evaluate, expert_store, models, monitor
+from mct_jax import evaluate, expert_store, interop, models, monitor
 from mct_jax.cli import app, validate
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import report
@@ -188,6 +188,12 @@ def main(argv):
                 raise ValueError(f'The synthetic set was distilled with {k}={stored!r} but this '
                                  f'run has {k}={v!r}; pass the same data flags (or leave '
                                  'them out).')
+        if FLAGS.export:
+            interop.export_set(syn, ds, FLAGS.export)
+            logging.info('Wrote %s: images.pt, labels.pt, lr.pt, preprocessing.json%s.',
+                         FLAGS.export, ', zca.pt' if ds.zca is not None else '')
+            print(json.dumps({'export': FLAGS.export, 'images': int(len(syn['images']))}))
+            return
         if FLAGS.models or FLAGS.report:
             print(json.dumps(_cross_architecture(ds, syn, key)['results']))
             return

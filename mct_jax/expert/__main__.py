@@ -1,22 +1,67 @@
-"""``python -m mct_jax.expert``: train expert trajectories (:mod:`mct_jax.expert`).
+"""``python -m mct_jax.expert``: train expert trajectories (:mod:`mct_jax.expert`), or import
+the field's PyTorch buffers as experts (:func:`mct_jax.interop.import_buffers`).
 
     python -m mct_jax.expert --flagfile=experiments/quickstart.cfg
+    python -m mct_jax.expert --import_buffers=buffers/CIFAR10/ConvNet --dataset=cifar10 --zca
 
 Every flag is listed in ``docs/flags.md``; re-running the same command skips finished
 experts and resumes an interrupted one.
 """
 
-import jax
+import os
 
-from mct_jax import expert, models
+import jax
+from absl import logging
+
+from mct_jax import data, expert, interop, models
 from mct_jax.cli import app, validate
 from mct_jax.cli import flags as cli_flags
 
 FLAGS = cli_flags.FLAGS
 
 
+def import_buffers():
+    """``--import_buffers``: the architecture and epochs are read off the first buffer file
+    (flags that are set must agree); the data flags say what the experts were trained on."""
+    folder = FLAGS.import_buffers
+    files = interop.buffer_files(folder)
+    first = interop.read_buffer_file(files[0])
+    found = interop.infer_model([tuple(p.shape) for p in first[0][0]])
+    epochs = len(first[0]) - 1
+    del first
+    read = {'width': found.width, 'depth': found.depth, 'norm': found.norm,
+            'train_epochs': epochs}
+    taken = [name for name, value in read.items() if not FLAGS[name].present]
+    for name in taken:
+        FLAGS[name].value = read[name]
+    if taken:
+        logging.info('Read from %s: %s.', files[0],
+                     ', '.join(f'--{n}={FLAGS[n].value}' for n in taken))
+    problems = validate.expert_command_problems()
+    if FLAGS.val_images_per_class:
+        problems.append(f'--val_images_per_class={FLAGS.val_images_per_class}: imported experts '
+                        'were trained on every training image, so none can be held out; '
+                        'import with --val_images_per_class=0.')
+    validate.raise_if_any(problems, 'import')
+    name = FLAGS.dataset
+    size, channels = data.IMAGE_SIZE[name], data.CHANNELS[name]
+    expected = interop.BufferModel(channels, FLAGS.width, FLAGS.depth, FLAGS.norm,
+                                   data.NUM_CLASSES[name], size)
+    model = {'image_shape': [size, size, channels], 'num_classes': data.NUM_CLASSES[name],
+             'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm,
+             'act': cli_flags.ACT, 'pool': cli_flags.POOL}
+    config = dict(model, **cli_flags.data_settings(), **cli_flags.training_settings(),
+                  anchors=list(cli_flags.anchors()), **cli_flags.data_location(),
+                  imported_from=os.path.abspath(folder))
+    done = interop.import_buffers(folder, cli_flags.expert_dir(), config, expected,
+                                  log=logging.info)
+    logging.info('Imported %d experts into %s.', len(done), cli_flags.expert_dir())
+
+
 def main(argv):
     del argv
+    if FLAGS.import_buffers:
+        return import_buffers()
     validate.raise_if_any(validate.expert_command_problems(), 'expert')
     ds = cli_flags.load_data()
     config = cli_flags.expert_config(ds)

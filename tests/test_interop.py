@@ -1,0 +1,218 @@
+"""PyTorch interop: MTT expert buffers imported as experts, distilled sets exported for
+PyTorch evaluators; and every bad buffer refused with its message, writing nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from mct_jax import checkpoint, data, expert_store, interop
+from mct_jax.models import conv_net
+
+torch = pytest.importorskip('torch', reason="PyTorch not installed: pip install -e '.[bench]'")
+nn = torch.nn
+
+# The quick import settings: digits (16x16x1, 10 classes), a width-8, depth-3 ConvNet.
+DIGITS = ['--dataset=digits', '--train_images_per_class=10']
+
+
+class RefConvNet(nn.Module):
+    """The reference ConvNet as MTT's networks.py builds it (GroupNorm(C, C) as its instance
+    norm, 2x2 average pooling, a linear classifier on the (C, H, W)-flattened map)."""
+
+    def __init__(self, channels=1, classes=10, width=8, depth=3, side=16, norm=True):
+        super().__init__()
+        layers, c = [], channels
+        for _ in range(depth):
+            layers.append(nn.Conv2d(c, width, 3, padding=1))
+            if norm:
+                layers.append(nn.GroupNorm(width, width, affine=True))
+            layers += [nn.ReLU(), nn.AvgPool2d(2, 2)]
+            c, side = width, side // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * side * side, classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def write_buffer(path, experts=2, epochs=3, seed=0, **kw):
+    """A replay_buffer file as MTT's buffer.py writes one: per expert, the parameters() after
+    every epoch of SGD (here a few random steps each), detached on the CPU."""
+    torch.manual_seed(seed)
+    trajectories = []
+    for _ in range(experts):
+        net = RefConvNet(**kw).double()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        snaps = [[p.detach().cpu().clone() for p in net.parameters()]]
+        for _ in range(epochs):
+            for _ in range(2):
+                x = torch.randn(8, kw.get('channels', 1), kw.get('side', 16), kw.get('side', 16),
+                                dtype=torch.float64)
+                y = torch.randint(0, kw.get('classes', 10), (8,))
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+            snaps.append([p.detach().cpu().clone() for p in net.parameters()])
+        trajectories.append(snaps)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(trajectories, path)
+    return trajectories
+
+
+def _cli(module, *args):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    return subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_imported_expert_gives_pytorchs_logits_and_the_betas_of_its_snapshots(tmp_path):
+    buffers = str(tmp_path / 'buffers')
+    trajs = write_buffer(os.path.join(buffers, 'replay_buffer_0.pt'))
+    model = interop.infer_model([tuple(p.shape) for p in trajs[0][0]])
+    assert model == interop.BufferModel(1, 8, 3, 'instancenorm', 10, 16)
+    config = dict(image_shape=[16, 16, 1], num_classes=10, width=8, depth=3,
+                  norm='instancenorm', act='relu', pool='avgpool', train_epochs=3,
+                  anchors=[0, 3], smooth_anchors=False, save_full_trajectory=True)
+    experts = str(tmp_path / 'experts')
+    assert interop.import_buffers(buffers, experts, config, model, log=lambda m: None) == [0, 1]
+    assert interop.import_buffers(buffers, experts, config, model, log=lambda m: None) == []
+    traj = expert_store.load_trajectory(expert_store.expert_path(experts, 1), 'full')
+    x = np.random.default_rng(0).normal(size=(5, 1, 16, 16))
+    net = RefConvNet().double()
+    for t in (0, 3):
+        for p, value in zip(net.parameters(), trajs[1][t]):
+            p.data = value.clone()
+        with torch.no_grad():
+            want = net(torch.tensor(x)).numpy()
+        with jax.enable_x64(True):
+            params = jax.tree.map(lambda a: jnp.asarray(a[t], jnp.float64), traj.anchors)
+            got = conv_net.apply(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # betas: eq. 9 from the snapshots, per parameter tensor, computed directly
+    state = checkpoint.load_tree(os.path.join(expert_store.expert_path(experts, 1), 'state'))
+    names = [n for n, _ in RefConvNet().named_parameters()]
+    ours = {'features.0.weight': 'conv0/w', 'features.0.bias': 'conv0/b',
+            'features.1.weight': 'norm0/scale', 'features.1.bias': 'norm0/bias',
+            'features.4.weight': 'conv1/w', 'features.4.bias': 'conv1/b',
+            'features.5.weight': 'norm1/scale', 'features.5.bias': 'norm1/bias',
+            'features.8.weight': 'conv2/w', 'features.8.bias': 'conv2/b',
+            'features.9.weight': 'norm2/scale', 'features.9.bias': 'norm2/bias',
+            'classifier.weight': 'dense/w', 'classifier.bias': 'dense/b'}
+    order = expert_store.leaf_names(traj.anchors)
+    snaps = [[v.numpy() for v in s] for s in trajs[1]]
+    for j, name in enumerate(names):
+        d = np.array([np.linalg.norm(snaps[t][j] - snaps[t - 1][j]) for t in (1, 2, 3)])
+        beta = np.concatenate([[0.0], np.cumsum(d) / d.sum()])
+        np.testing.assert_allclose(state['betas'][:, order.index(ours[name])], beta, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_distilling_from_imported_experts_through_the_commands(tmp_path):
+    buffers, experts = str(tmp_path / 'buffers'), str(tmp_path / 'experts')
+    write_buffer(os.path.join(buffers, 'replay_buffer_0.pt'), experts=2, epochs=3)
+    write_buffer(os.path.join(buffers, 'replay_buffer_1.pt'), experts=1, epochs=3, seed=1)
+    proc = _cli('expert', *DIGITS, f'--import_buffers={buffers}', f'--expert_dir={experts}',
+                '--save_full_trajectory')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '--width=8' in proc.stderr and '--train_epochs=3' in proc.stderr
+    assert 'Imported 3 experts' in proc.stderr
+    config = json.load(open(os.path.join(experts, 'config.json')))
+    assert (config['width'], config['train_epochs'], config['anchors']) == (8, 3, [0, 3])
+    for method in ('mct', 'mtt'):
+        proc = _cli('distill', f'--expert_dir={experts}', f'--out_dir={tmp_path}/{method}',
+                    f'--method={method}', '--ipc=1', '--syn_steps=2', '--expert_epochs=1',
+                    '--max_start_epoch=2', '--lr_img=100', '--iterations=2', '--eval_every=2',
+                    '--num_eval=1', '--eval_epochs=2')
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])['iteration'] == 2
+    # and out again, for PyTorch
+    proc = _cli('evaluate', f'--synthetic={tmp_path}/mct', f'--export={tmp_path}/export')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(os.path.join(tmp_path, 'mct', 'best.npz')) as z:
+        np.testing.assert_array_equal(torch.load(tmp_path / 'export' / 'images.pt').numpy(),
+                                      z['images'].transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize('zca', [False, True])
+def test_export_loads_in_torch_and_prepares_the_test_set_as_we_do(tmp_path, zca):
+    ds = data.load_dataset('digits', train_images_per_class=20, zca=zca)
+    n = 10
+    labels = np.arange(n) % 10
+    soft = np.full((n, 10), 0.02, np.float32)
+    soft[np.arange(n), labels] = 0.82
+    for name, lab in (('hard', labels.astype(np.int32)), ('soft', soft)):
+        syn = {'images': ds.x_train[:n], 'labels': lab, 'lr': np.float32(0.0125),
+               'settings': {'dataset': 'digits'}}
+        out = tmp_path / name
+        prep = interop.export_set(syn, ds, str(out))
+        images = torch.load(out / 'images.pt')
+        got_labels = torch.load(out / 'labels.pt')
+        assert images.shape == (n, 1, 16, 16) and images.dtype == torch.float32
+        np.testing.assert_array_equal(images.numpy(), ds.x_train[:n].transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(got_labels.numpy(), lab)
+        assert got_labels.dtype == (torch.float32 if name == 'soft' else torch.int64)
+        assert float(torch.load(out / 'lr.pt')) == pytest.approx(0.0125)
+        assert prep == json.load(open(out / 'preprocessing.json'))
+    # The test images prepared from raw pixels with what preprocessing.json says
+    _, _, raw, _, _ = data.load_raw('digits')
+    x = torch.tensor(raw.transpose(0, 3, 1, 2))          # [0, 1], NCHW
+    if not zca:
+        mean = torch.tensor(prep['mean'], dtype=torch.float32)[None, :, None, None]
+        std = torch.tensor(prep['std'], dtype=torch.float32)[None, :, None, None]
+        np.testing.assert_array_equal(((x - mean) / std).numpy(),
+                                      ds.x_test.transpose(0, 3, 1, 2))
+    else:
+        z = torch.load(tmp_path / 'soft' / prep['zca_file'])
+        got = ((x.reshape(len(x), -1) - z['mean']) @ z['transform']).reshape(x.shape)
+        np.testing.assert_allclose(got.numpy(), ds.x_test.transpose(0, 3, 1, 2), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def _bad(tmp_path, kind):
+    folder = tmp_path / kind
+    path = str(folder / 'replay_buffer_0.pt')
+    if kind == 'truncated':
+        write_buffer(path)
+        size = os.path.getsize(path)
+        with open(path, 'r+b') as f:
+            f.truncate(size // 2)
+    elif kind == 'width':
+        write_buffer(path, width=4)
+    elif kind == 'classes':
+        write_buffer(path, classes=5)
+    elif kind == 'empty':
+        os.makedirs(folder)
+        torch.save([], path)
+    elif kind == 'not_a_buffer':
+        os.makedirs(folder)
+        torch.save({'state_dict': torch.zeros(3)}, path)
+    elif kind == 'resnet':
+        os.makedirs(folder)
+        torch.save([[[torch.zeros(64, 3, 7, 7), torch.zeros(64), torch.zeros(10, 64),
+                      torch.zeros(10)]] * 2], path)
+    return str(folder)
+
+
+@pytest.mark.parametrize('kind,message', [
+    ('truncated', 'is not a readable PyTorch file'),
+    ('width', 'width=4 in the buffers but 8 in the flags'),
+    ('classes', 'num_classes=5 in the buffers but 10 in the flags'),
+    ('empty', 'holds an empty list of trajectories'),
+    ('not_a_buffer', 'holds a dict, not a buffer'),
+    ('resnet', 'are not those of the ConvNet of trajectory matching'),
+])
+def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, kind, message):
+    folder = _bad(tmp_path, kind)
+    experts = str(tmp_path / 'experts')
+    proc = _cli('expert', *DIGITS, '--width=8', f'--import_buffers={folder}',
+                f'--expert_dir={experts}')
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert not os.path.exists(experts)
