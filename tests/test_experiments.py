@@ -1,8 +1,9 @@
-"""The reproduction experiment's analysis: convergence, spread and the report."""
+"""The experiments' analysis: convergence, spread, paired differences over seeds, reports."""
 
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -50,4 +51,64 @@ def test_report_states_every_claim(rep, tmp_path):
     assert '13.3 % of MTT' in md and 'not tested' in md
     for f in ('reproduce_cifar10.json', 'reproduce_cifar10.md', 'accuracy.png', 'storage.png',
               'memory_time_vs_N.png'):
+        assert os.path.isfile(tmp_path / f)
+
+
+@pytest.fixture(scope='module')
+def study():
+    path = os.path.join(REPO, 'experiments', 'study_cifar10.py')
+    spec = importlib.util.spec_from_file_location('study_cifar10', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(study, arm, seed, best_test, curve=(20.0, 30.0, 31.0, 30.5)):
+    its = [0, 20, 40, 60]
+    return {'name': study.run_name(arm, seed), 'arm': arm, 'seed': seed, 'ipc': 10,
+            'command': ['python', '-m', 'mct_jax.distill', f'--seed={seed}'],
+            'iterations': its, 'test_mean': list(curve), 'test_std': [0.5] * 4,
+            'val_mean': list(curve), 'val_std': [0.5] * 4, 'best_iteration': 40,
+            'best_val': max(curve), 'best_test': best_test, 'best_test_std': 0.4,
+            'final_test': curve[-1], 'final_lr': 0.01, 'seconds_per_iteration': 0.5,
+            'faults': 0, 'wall_seconds': 100.0,
+            'convergence_test': study.curve_summary(its, list(curve)), 'best_npz': 'x'}
+
+
+def test_paired_differences_and_their_intervals(study):
+    runs = {}
+    for seed, (a, b) in enumerate([(40.0, 38.0), (41.0, 38.5), (40.5, 38.0)]):
+        for arm, v in (('mct', a), ('mtt', b)):
+            r = _fake_run(study, arm, seed, v)
+            runs[r['name']] = r
+    p = study.paired(runs, 'mct', 'mtt')
+    d = [2.0, 2.5, 2.5]
+    half = 4.303 * np.std(d, ddof=1) / np.sqrt(3)     # t quantile, 2 degrees of freedom
+    assert p['mean'] == pytest.approx(np.mean(d))
+    assert (p['low'], p['high']) == pytest.approx((np.mean(d) - half, np.mean(d) + half))
+    assert study.verdict(p, 'MCT beats MTT').startswith('MCT beats MTT: supported, +2.33')
+    flat = dict(p, low=-0.5, high=1.0)
+    assert 'not supported at this scale' in study.verdict(flat, 'x')
+    assert study.paired(runs, 'mct', 'mct_tesla') is None
+
+
+def test_study_report_from_run_files(study, tmp_path):
+    runs = {}
+    for seed in (0, 1, 2):
+        for arm in study.MAIN + study.IPC1:
+            r = _fake_run(study, arm, seed, 30.0 + seed + (1.0 if 'mct' in arm else 0.0))
+            runs[r['name']] = r
+    scores = {'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0}}
+    cross = {'mct': {'arm': 'mct', 'set': 'mct_s2', 'seconds': 60.0,
+                     'architectures': {'convnet': {'test': {'mean': 33.0, 'std': 0.5}},
+                                       'resnet18': {'test': {'mean': 25.0, 'std': 1.0}}},
+                     'convnet_scores': scores}}
+    md = study.write_report({'runs': runs, 'cross': cross, 'scale_text': 'tiny',
+                             'experts': {'wall_seconds': 60.0, 'num_experts': 2, 'epochs': 3,
+                                         'final_test_accuracy': [30.0, 31.0]}, 'cut': ''},
+                            str(tmp_path))
+    assert '| MCT, 2 anchors | 3 | 32.00 +- 1.00 |' in md
+    assert 'MCT (2 anchors) is at least as accurate as MTT at ipc 10: supported, +1.00' in md
+    assert '| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |' in md
+    for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
         assert os.path.isfile(tmp_path / f)

@@ -1,0 +1,459 @@
+"""The CPU-scale study on real CIFAR-10, with seeds: MCT against MTT, and MCT with the field's
+best tricks.
+
+    python experiments/study_cifar10.py                   # the whole plan; reruns reuse runs
+    python experiments/study_cifar10.py --report_only     # rebuild the report from the JSON
+    python experiments/study_cifar10.py --scale=smoke --work=/tmp/s --out=/tmp/s/results
+
+The scale of ``experiments/cifar10_local.cfg`` (width-32 ConvNet, the first 500 training
+images of each class, the last 50 of each class held out as a validation split, the full
+10,000-image test set), with one set of experts for every arm:
+
+1. experts: 10 experts of 15 epochs, full trajectories kept; the release's smoothed anchors
+   (0, 5, 10, 15, the 4 of 0, 17, 34, 50 at K = 15) are derived from the same trajectories;
+2. the main comparison at ipc 10 (and MTT and MCT at ipc 1), 3 seeds per arm, one budget:
+   MTT; MCT with 2 anchors; MCT with the smoothed anchors; MCT with integer starts; MCT and
+   MTT with learned soft labels; MCT with the authors' approximate gradient;
+3. the paper's Table 2: continuous against integer starts with 1, 2 and 5 experts;
+4. cross-architecture evaluation (ConvNet, AlexNet, VGG11, ResNet18) of each ipc-10 arm's
+   best set, and DD-Ranking's IOR, HLR and LRS of its ConvNet;
+5. the report: ``study_cifar10.md``, ``.json`` and plots in ``--out``, from the per-run JSON
+   files in ``--out/runs`` (committed, so the report rebuilds without rerunning).
+
+Every best set is chosen on the validation split; the test accuracy is only reported. The
+runs go seed by seed across all arms, so a study cut short has the same seeds for every
+arm. Each run's command and seed are in its JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PRESET = os.path.join(HERE, 'cifar10_local.cfg')
+sys.path.insert(0, HERE)
+from reproduce_cifar10 import curve_summary  # noqa: E402  (the same convergence measure)
+
+# name: (ipc, extra flags, expert folder: 'plain' or 'smoothed', label)
+ARMS = {
+    'mtt': (10, ['--method=mtt'], 'plain', 'MTT'),
+    'mct': (10, ['--method=mct'], 'plain', 'MCT, 2 anchors'),
+    'mct_smoothed': (10, ['--method=mct'], 'smoothed', "MCT, the release's smoothed anchors"),
+    'mct_integer': (10, ['--method=mct', '--start_sampling=integer'], 'plain',
+                    'MCT, integer starts'),
+    'mct_learned': (10, ['--method=mct', '--labels=learned'], 'plain',
+                    'MCT, learned soft labels'),
+    'mtt_learned': (10, ['--method=mtt', '--labels=learned'], 'plain',
+                    'MTT, learned soft labels'),
+    'mct_tesla': (10, ['--method=mct', '--meta_grad=tesla'], 'plain',
+                  "MCT, the authors' approximate gradient"),
+    'mtt_ipc1': (1, ['--method=mtt'], 'plain', 'MTT, ipc 1'),
+    'mct_ipc1': (1, ['--method=mct'], 'plain', 'MCT, ipc 1'),
+}
+for _e in (1, 2, 5):   # the paper's Table 2 (the 10-expert column is the main comparison)
+    ARMS[f'mct_e{_e}'] = (10, ['--method=mct', f'--max_experts={_e}'], 'plain',
+                          f'MCT, {_e} expert{"s" if _e > 1 else ""}')
+    ARMS[f'mct_integer_e{_e}'] = (10, ['--method=mct', '--start_sampling=integer',
+                                       f'--max_experts={_e}'], 'plain',
+                                  f'MCT integer starts, {_e} expert{"s" if _e > 1 else ""}')
+MAIN = ['mtt', 'mct', 'mct_smoothed', 'mct_integer', 'mct_learned', 'mtt_learned', 'mct_tesla']
+IPC1 = ['mtt_ipc1', 'mct_ipc1']
+TABLE2 = [f'mct{k}_e{e}' for e in (1, 2, 5) for k in ('', '_integer')]
+
+SCALES = {
+    'cpu': {'data': [], 'experts': 10, 'epochs': 15, 'smoothed': '0,5,10,15',
+            'seeds': [0, 1, 2], 'ipc': {10: 10, 1: 1}, 'learned': [],
+            'run': {10: ['--syn_steps=10', '--iterations=200', '--eval_every=20'],
+                    1: ['--syn_steps=20', '--iterations=200', '--eval_every=20']},
+            'common': ['--num_eval=3', '--eval_epochs=100', '--expert_epochs=2',
+                       '--max_start_epoch=8', '--lr_img=1000', '--lr_lr=1e-07'],
+            'cross': ['--models=convnet,alexnet,vgg11,resnet18', '--num_eval=2',
+                      '--eval_epochs=100'],
+            'scores': ['--models=convnet', '--report', '--num_eval=3', '--eval_epochs=100',
+                       '--full_data_epochs=30']},
+    'smoke': {'data': ['--train_images_per_class=12', '--val_images_per_class=3', '--width=8'],
+              'experts': 5, 'epochs': 4, 'smoothed': '0,2,3,4', 'seeds': [0, 1],
+              # ipc 2 for the 'ipc 10' arms; a 4-epoch expert is right on too few images
+              # for learned labels' correctly-classified draw
+              'ipc': {10: 2, 1: 1}, 'learned': ['--image_init=real'],
+              'run': {10: ['--syn_steps=2', '--iterations=4', '--eval_every=2'],
+                      1: ['--syn_steps=2', '--iterations=4', '--eval_every=2']},
+              'common': ['--num_eval=1', '--eval_epochs=2', '--expert_epochs=1',
+                         '--max_start_epoch=2', '--lr_img=100', '--lr_lr=1e-07',
+                         '--batch_train=64'],
+              'cross': ['--models=convnet,lenet', '--num_eval=1', '--eval_epochs=2'],
+              'scores': ['--models=convnet', '--report', '--num_eval=1', '--eval_epochs=2',
+                         '--full_data_epochs=1']},
+}
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}   # two-sided 95 % t quantiles
+
+
+def log(msg: str) -> None:
+    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+
+def _cmd(module: str, args: list[str], log_path: str) -> str:
+    """Runs ``python -m module args`` from the repository root; returns its last stdout
+    line; raises with the log's tail on failure."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, 'w') as f:
+        proc = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(proc.stdout)
+    if proc.returncode:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f'{module} failed (exit {proc.returncode}); see {log_path}:\n{tail}')
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ''
+
+
+def _data(scale) -> list[str]:
+    return [f'--flagfile={PRESET}'] + scale['data']
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_experts(scale, work) -> dict:
+    """10 experts with full trajectories, and the same experts with smoothed anchors."""
+    plain, smoothed = os.path.join(work, 'experts'), os.path.join(work, 'experts_smoothed')
+    t0 = time.time()
+    _cmd('mct_jax.expert', _data(scale) + [f'--expert_dir={plain}',
+                                           f'--num_experts={scale["experts"]}',
+                                           f'--train_epochs={scale["epochs"]}',
+                                           '--save_full_trajectory'],
+         os.path.join(work, 'logs', 'experts.log'))
+    from mct_jax import checkpoint, expert_store, interop
+    folders = expert_store.list_experts(plain)
+    config = dict(expert_store.read_config(plain),
+                  anchors=[int(a) for a in scale['smoothed'].split(',')], smooth_anchors=True,
+                  save_full_trajectory=False, derived_from=os.path.abspath(plain))
+    expert_store.check_config(smoothed, config)
+    os.makedirs(smoothed, exist_ok=True)
+    checkpoint.write_json(os.path.join(smoothed, expert_store.CONFIG_FILE), config)
+    for i, folder in enumerate(folders):
+        target = expert_store.expert_path(smoothed, i)
+        if expert_store.is_complete(target):
+            continue
+        full = expert_store.load_trajectory(folder, 'full')
+        snaps = [jax_tree_at(full.anchors, t) for t in range(full.num_epochs + 1)]
+        run = interop.trajectory_run(snaps, config['anchors'], True, False)
+        expert_store.save_expert(target, run, {'index': i, 'derived_from': folder})
+    metas = [checkpoint.read_json(os.path.join(f, 'meta.json')) for f in folders]
+    return {'num_experts': len(folders), 'epochs': scale['epochs'],
+            'train_seconds': sum(m.get('seconds', 0.0) for m in metas),
+            'final_test_accuracy': [100 * m['test_acc'][-1] for m in metas],
+            'wall_seconds': time.time() - t0}
+
+
+def jax_tree_at(tree, t):
+    import jax
+    return jax.tree.map(lambda a: a[t], tree)
+
+
+def run_name(arm: str, seed: int) -> str:
+    return f'{arm}_s{seed}'
+
+
+def stage_run(scale, work, out, arm: str, seed: int) -> dict:
+    """One distillation run, its per-run JSON (reused when present)."""
+    path = os.path.join(out, 'runs', f'{run_name(arm, seed)}.json')
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    ipc, extra, experts, _ = ARMS[arm]
+    run_dir = os.path.join(work, 'runs', run_name(arm, seed))
+    expert_dir = os.path.join(work, 'experts' if experts == 'plain' else 'experts_smoothed')
+    if '--labels=learned' in extra:
+        extra = extra + scale['learned']
+    args = (_data(scale) + scale['common'] + scale['run'][ipc] + extra +
+            [f'--ipc={scale["ipc"][ipc]}', f'--seed={seed}', f'--expert_dir={expert_dir}',
+             f'--out_dir={run_dir}', '--pictures=false', '--tensorboard=false',
+             '--progress=log'])
+    log(f'{run_name(arm, seed)}: distilling')
+    t0 = time.time()
+    _cmd('mct_jax.distill', args, os.path.join(work, 'logs', f'{run_name(arm, seed)}.log'))
+    wall = time.time() - t0
+    from mct_jax import monitor
+    evals, steps = monitor.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    its = [e['iteration'] for e in evals]
+    test = [e['eval']['mean'] for e in evals]
+    val = [e['val']['mean'] for e in evals]
+    best = max(range(len(val)), key=lambda i: (val[i], -i))   # first of the best on validation
+    secs = [s['seconds'] for s in steps[1:]]
+    result = {'name': run_name(arm, seed), 'arm': arm, 'seed': seed, 'ipc': ipc,
+              'command': ['python', '-m', 'mct_jax.distill'] + [
+                  a.replace(REPO + os.sep, '') for a in args],
+              'iterations': its, 'test_mean': test, 'test_std': [e['eval']['std'] for e in evals],
+              'val_mean': val, 'val_std': [e['val']['std'] for e in evals],
+              'best_iteration': its[best], 'best_val': val[best], 'best_test': test[best],
+              'best_test_std': evals[best]['eval']['std'], 'final_test': test[-1],
+              'final_lr': evals[-1]['lr'],
+              'seconds_per_iteration': statistics.median(secs) if secs else None,
+              'faults': sum(s['fault'] != 'ok' for s in steps), 'wall_seconds': wall,
+              'convergence_test': curve_summary(its, test),
+              'best_npz': os.path.relpath(os.path.join(run_dir, 'best.npz'), REPO)}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    log(f'{run_name(arm, seed)}: best (validation {result["best_val"]:.2f}) at '
+        f'{result["best_iteration"]}: test {result["best_test"]:.2f} ({wall:.0f} s)')
+    return result
+
+
+def stage_cross(scale, work, out, runs: dict) -> dict:
+    """Cross-architecture table and ConvNet scores of each main arm's best set (the seed
+    whose best validation accuracy is highest)."""
+    results = {}
+    for arm in MAIN:
+        mine = [r for r in runs.values() if r['arm'] == arm]
+        if not mine:
+            continue
+        best = max(mine, key=lambda r: r['best_val'])
+        path = os.path.join(out, 'cross', f'{arm}.json')
+        if not os.path.isfile(path):
+            synthetic = os.path.join(work, 'runs', best['name'])
+            t0 = time.time()
+            log(f'{arm}: cross-architecture evaluation of {best["name"]}')
+            cross = json.loads(_cmd('mct_jax.evaluate',
+                                    [f'--synthetic={synthetic}', *scale['cross'],
+                                     f'--report_dir={work}/cross/{arm}', '--progress=log'],
+                                    os.path.join(work, 'logs', f'cross_{arm}.log')))
+            scores = json.loads(_cmd('mct_jax.evaluate', [f'--synthetic={synthetic}',
+                                     *scale['scores'], f'--report_dir={work}/scores/{arm}',
+                                     f'--baseline_cache={work}/baselines', '--progress=log'],
+                                     os.path.join(work, 'logs', f'scores_{arm}.log')))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w') as f:
+                json.dump({'arm': arm, 'set': best['name'], 'architectures': cross,
+                           'convnet_scores': scores['convnet'], 'seconds': time.time() - t0,
+                           'commands': [scale['cross'], scale['scores']]}, f, indent=1)
+        with open(path) as f:
+            results[arm] = json.load(f)
+    return results
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def paired(runs: dict, a: str, b: str, key: str = 'best_test') -> dict | None:
+    """Mean of the per-seed differences a - b and its 95 % t-interval over the seeds both
+    arms have."""
+    seeds = sorted({r['seed'] for r in runs.values() if r['arm'] == a} &
+                   {r['seed'] for r in runs.values() if r['arm'] == b})
+    if len(seeds) < 2:
+        return None
+    d = [runs[run_name(a, s)][key] - runs[run_name(b, s)][key] for s in seeds]
+    mean = statistics.mean(d)
+    half = T_975.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d))
+    return {'a': a, 'b': b, 'seeds': seeds, 'differences': d, 'mean': mean,
+            'low': mean - half, 'high': mean + half}
+
+
+def verdict(p: dict | None, claim: str) -> str:
+    if p is None:
+        return f'{claim}: not enough seeds to say.'
+    span = f'{p["mean"]:+.2f} points (95 % interval {p["low"]:+.2f} to {p["high"]:+.2f}, ' \
+           f'{len(p["seeds"])} seeds)'
+    if p['low'] > 0:
+        return f'{claim}: supported, {span}.'
+    if p['high'] < 0:
+        return f'{claim}: contradicted, {span}.'
+    return f'{claim}: not supported at this scale, {span}; the interval includes 0.'
+
+
+def arm_stats(runs: dict, arm: str) -> dict | None:
+    mine = [r for r in runs.values() if r['arm'] == arm]
+    if not mine:
+        return None
+    pick = lambda k: [r[k] for r in mine]
+    conv = [r['convergence_test'] for r in mine]
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+    return {'arm': arm, 'label': ARMS[arm][3], 'seeds': sorted(pick('seed')),
+            'best_test_mean': statistics.mean(pick('best_test')),
+            'best_test_sd': sd(pick('best_test')),
+            'best_val_mean': statistics.mean(pick('best_val')),
+            'final_test_mean': statistics.mean(pick('final_test')),
+            'converged_at_mean': statistics.mean(c['converged_at'] for c in conv),
+            'spread_std_mean': statistics.mean(c['spread_std'] for c in conv),
+            'seconds_per_iteration': statistics.mean(r['seconds_per_iteration'] or 0 for r in mine),
+            'wall_seconds': sum(pick('wall_seconds'))}
+
+
+COMPARISONS = [
+    ('mct', 'mtt', 'MCT (2 anchors) is at least as accurate as MTT at ipc 10'),
+    ('mct_ipc1', 'mtt_ipc1', 'MCT is at least as accurate as MTT at ipc 1'),
+    ('mct', 'mct_integer', 'Continuous starts beat integer starts (10 experts)'),
+    ('mct_smoothed', 'mct', "The release's smoothed anchors beat 2 anchors"),
+    ('mct_learned', 'mct', 'Learned soft labels improve MCT'),
+    ('mtt_learned', 'mtt', 'Learned soft labels improve MTT'),
+    ('mct_learned', 'mtt_learned', 'With learned labels, MCT beats MTT'),
+    ('mct_tesla', 'mct', "The authors' approximate gradient does as well as the exact one"),
+] + [(f'mct_e{e}', f'mct_integer_e{e}', f'Continuous starts beat integer starts with {e} '
+      f'expert{"s" if e > 1 else ""} (Table 2)') for e in (1, 2, 5)]
+
+
+def write_report(study: dict, out: str) -> str:
+    runs = study['runs']
+    stats = {arm: s for arm in ARMS if (s := arm_stats(runs, arm))}
+    diffs = [dict(p, claim=c) for a, b, c in COMPARISONS if (p := paired(runs, a, b))]
+    lines = ['# CPU-scale study on real CIFAR-10: MCT against MTT, with seeds', '',
+             'Replaces the single-seed reproduction (`reproduce_cifar10.md`, kept for the '
+             'record). Every number below comes from the per-run JSON files in `runs/`, which '
+             'record each run\'s command and seed; `python experiments/study_cifar10.py '
+             '--report_only` rebuilds this page from them.', '',
+             '## Scale', '', study['scale_text'], '',
+             '## Main comparison (best set chosen on validation, test accuracy reported)', '',
+             '| arm | seeds | test accuracy of the best set (%), mean +- sd over seeds | '
+             'validation (%) | last evaluation, test (%) | converged at (iteration) | spread '
+             'after (std) | s / iteration |', '|---|---|---|---|---|---|---|---|']
+    for arm in MAIN + IPC1 + TABLE2:
+        s = stats.get(arm)
+        if s:
+            lines.append(f"| {s['label']} | {len(s['seeds'])} | {s['best_test_mean']:.2f} +- "
+                         f"{s['best_test_sd']:.2f} | {s['best_val_mean']:.2f} | "
+                         f"{s['final_test_mean']:.2f} | {s['converged_at_mean']:.0f} | "
+                         f"{s['spread_std_mean']:.2f} | {s['seconds_per_iteration']:.2f} |")
+    lines += ['', '## Claims, from paired differences over seeds', '',
+              'Each difference pairs two arms run with the same seed (same experts, same '
+              'initial draw where the arms allow); the interval is a 95 % t-interval over '
+              'the seeds.', '']
+    lines += [f'- {verdict(p, p["claim"])}' for p in diffs]
+    conv = [(a, b) for a, b in (('mct', 'mtt'), ('mct_ipc1', 'mtt_ipc1'))
+            if a in stats and b in stats]
+    for a, b in conv:
+        lines.append(f"- Convergence ({stats[a]['label']} vs {stats[b]['label']}): the first "
+                     f"evaluation after which test accuracy stays within 2 points of the run's "
+                     f"best, mean over seeds, is iteration {stats[a]['converged_at_mean']:.0f} "
+                     f"against {stats[b]['converged_at_mean']:.0f}; the spread after it "
+                     f"{stats[a]['spread_std_mean']:.2f} against "
+                     f"{stats[b]['spread_std_mean']:.2f} points (std of the evaluations).")
+    cross = study.get('cross', {})
+    if cross:
+        archs = [a for a in ('convnet', 'alexnet', 'vgg11', 'resnet18')
+                 if any(a in c['architectures'] for c in cross.values())]
+        lines += ['', '## Cross-architecture evaluation of each arm\'s best set', '',
+                  '| arm (set) | ' + ' | '.join(archs) + ' | ConvNet IOR | HLR | LRS |',
+                  '|' + '---|' * (len(archs) + 4)]
+        for arm, c in cross.items():
+            cells = []
+            for a in archs:
+                r = c['architectures'].get(a)
+                cells.append(f"{r['test']['mean']:.2f} +- {r['test']['std']:.2f}" if r else '-')
+            sc = c['convnet_scores']['scores']
+            lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
+                         f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
+        lines += ['', 'Test accuracy (%), mean +- std over the networks; IOR and HLR in points '
+                  'of accuracy, LRS in percent (docs/evaluation.md).']
+    total = (study['experts'].get('wall_seconds', 0) + sum(r['wall_seconds'] for r in runs.values())
+             + sum(c.get('seconds', 0) for c in cross.values()))
+    lines += ['', '## Compute', '',
+              f"{len(runs)} distillation runs, {total / 3600:.1f} hours in all on the 2-core "
+              f"CPU (experts {study['experts'].get('wall_seconds', 0) / 60:.0f} min; runs "
+              f"{sum(r['wall_seconds'] for r in runs.values()) / 3600:.1f} h; cross-architecture "
+              f"and scores {sum(c.get('seconds', 0) for c in cross.values()) / 3600:.1f} h).",
+              study.get('cut', '')]
+    lines += ['', '![accuracy](study_accuracy.png)', '']
+    md = '\n'.join(lines) + '\n'
+    with open(os.path.join(out, 'study_cifar10.md'), 'w') as f:
+        f.write(md)
+    with open(os.path.join(out, 'study_cifar10.json'), 'w') as f:
+        json.dump({'stats': stats, 'differences': diffs, 'cross': cross,
+                   'experts': study['experts'], 'scale': study['scale_text']}, f, indent=1)
+    _plot(runs, stats, os.path.join(out, 'study_accuracy.png'))
+    return md
+
+
+def _plot(runs, stats, png):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    groups = [('ipc 10', MAIN), ('ipc 1', IPC1), ('Table 2: experts', TABLE2)]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, (title, arms) in zip(axes, groups):
+        for arm in arms:
+            mine = [r for r in runs.values() if r['arm'] == arm]
+            if not mine:
+                continue
+            its = mine[0]['iterations']
+            curves = np.array([r['test_mean'] for r in mine if r['iterations'] == its])
+            m = curves.mean(0)
+            ax.plot(its, m, label=ARMS[arm][3], lw=1.3)
+            ax.fill_between(its, curves.min(0), curves.max(0), alpha=0.15)
+        ax.set(title=f'{title} (band: min-max over seeds)', xlabel='iteration',
+               ylabel='test accuracy (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--scale', choices=sorted(SCALES), default='cpu')
+    p.add_argument('--work', default=os.path.join(REPO, 'runs', 'study_cifar10'))
+    p.add_argument('--out', default=os.path.join(HERE, 'results', 'study_cifar10'))
+    p.add_argument('--report_only', action='store_true')
+    p.add_argument('--parts', default='main,ipc1,table2,cross',
+                   help='which parts to run, in this order (the experts always)')
+    args = p.parse_args(argv)
+    scale = SCALES[args.scale]
+    os.makedirs(args.out, exist_ok=True)
+    experts_json = os.path.join(args.out, 'experts.json')
+    if not args.report_only:
+        if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
+            sys.exit('error: ../shared/data/cifar10/train.npz is missing beside the project; '
+                     'the study reads real CIFAR-10 from there.')
+        experts = stage_experts(scale, args.work)
+        if not os.path.isfile(experts_json):
+            with open(experts_json, 'w') as f:
+                json.dump(experts, f, indent=1)
+        parts = args.parts.split(',')
+        groups = {'main': MAIN, 'ipc1': IPC1, 'table2': TABLE2}
+        for part in parts:
+            if part in groups:
+                for seed in scale['seeds']:          # seed by seed: a cut keeps arms equal
+                    for arm in groups[part]:
+                        stage_run(scale, args.work, args.out, arm, seed)
+    runs = {}
+    for f in sorted(os.listdir(os.path.join(args.out, 'runs'))):
+        with open(os.path.join(args.out, 'runs', f)) as fh:
+            r = json.load(fh)
+        runs[r['name']] = r
+    cross = {}
+    if not args.report_only and 'cross' in args.parts.split(','):
+        cross = stage_cross(scale, args.work, args.out, runs)
+    elif os.path.isdir(os.path.join(args.out, 'cross')):
+        for f in sorted(os.listdir(os.path.join(args.out, 'cross'))):
+            with open(os.path.join(args.out, 'cross', f)) as fh:
+                c = json.load(fh)
+            cross[c['arm']] = c
+    with open(experts_json) as f:
+        experts = json.load(f)
+    r10 = ' '.join(scale['run'][10])
+    study = {'runs': runs, 'cross': cross, 'experts': experts,
+             'scale_text': (f"`experiments/cifar10_local.cfg` ({args.scale} scale): width-32 "
+                            f"ConvNet, 500 training images per class, 50 per class held out "
+                            f"for validation; {experts['num_experts']} experts of "
+                            f"{experts['epochs']} epochs (mean test accuracy "
+                            f"{statistics.mean(experts['final_test_accuracy']):.1f} %); ipc 10: "
+                            f"{r10}; ipc 1: {' '.join(scale['run'][1])}; "
+                            f"{' '.join(scale['common'])}; seeds {scale['seeds']}."),
+             'cut': ''}
+    md = write_report(study, args.out)
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
