@@ -391,7 +391,8 @@ def _plot(runs, stats, png):
         ax.set(title=f'{title} (band: min-max over seeds)', xlabel='iteration',
                ylabel='test accuracy (%)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
