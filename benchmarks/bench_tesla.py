@@ -18,13 +18,14 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # checkout
 
-from mct_jax import distill, expert_store, models, rollout
-from mct_jax.cli import flags as cli_flags
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mct_jax import distill, expert_store, models, rollout  # noqa: E402
+from mct_jax.cli import flags as cli_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('steps', ['1', '2', '5', '10', '20', '40'], 'Values of N to compare at.')
