@@ -79,6 +79,8 @@ def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path):
         settings = json.loads(str(z['settings']))
         assert z['images'].shape == (10, 16, 16, 1)
     assert (settings['width'], settings['train_images_per_class']) == (8, 10)
+    # where the experts and data are, absolute, for commands run from another folder
+    assert settings['expert_dir'] == os.path.abspath(experts) and 'data_source' in settings
     proc = _run('evaluate', f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2')
     assert f'--width=8 from {out}' in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])['images'] == 10

@@ -9,6 +9,7 @@ command resumes from the run's last checkpoint. Prints the last evaluation as JS
 """
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -38,8 +39,10 @@ def main(argv):
                                                  jax.device_count(), len(trajs)),
                           'distillation')
     out_dir = cli_flags.out_dir(s.method, s.ipc)
-    settings_json = dict(s._asdict(), **expected, expert_dir=expert_dir,
-                         num_experts_used=len(trajs))
+    # Where the experts and the data are, absolute, so that a later command run from
+    # elsewhere (evaluate --synthetic, say) finds them.
+    settings_json = dict(s._asdict(), **expected, **cli_flags.data_location(),
+                         expert_dir=os.path.abspath(expert_dir), num_experts_used=len(trajs))
     logging.info('Distilling %s, %d experts, %s -> %s', FLAGS.dataset, len(trajs), s, out_dir)
     result = distill.Distiller(s, models.from_config(m_settings), ds, trajs, out_dir,
                                settings_json, progress=FLAGS.progress,
