@@ -39,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PRESET = os.path.join(HERE, 'cifar10_local.cfg')
-sys.path.insert(0, HERE)
+sys.path[:0] = [REPO, HERE]   # this checkout's mct_jax, installed or not
 from reproduce_cifar10 import curve_summary  # noqa: E402  (the same convergence measure)
 
 # name: (ipc, extra flags, expert folder: 'plain' or 'smoothed', label)
