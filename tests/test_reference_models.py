@@ -1,6 +1,6 @@
-"""The cross-architecture networks: exact parameter counts of the reference definitions, one
-forward pass against PyTorch's layers on the same weights (float64), batch norm's training
-and inference modes, and the Model interface the evaluator uses."""
+"""The cross-architecture networks: exact parameter counts of the reference definitions, the
+field's names, and a batch-norm network trained by the evaluator (its PyTorch parity is in
+test_reference_parity.py)."""
 
 import math
 
