@@ -40,6 +40,16 @@ def _release_compiled_programs():
         gc.collect()
 
 
+def scaled_trajectory(model, epochs: int):
+    """A full trajectory of ``epochs`` epochs without training: the init scaled by
+    1 + 0.1 t at epoch t (what the loop-level tests need, in milliseconds)."""
+    from mct_jax import trajectory
+    snaps = [model.init(jax.random.key(0))]
+    for t in range(1, epochs + 1):
+        snaps.append(jax.tree.map(lambda a, t=t: a * (1 + 0.1 * t), snaps[0]))
+    return trajectory.full(snaps)
+
+
 def assert_trees_close(got, want, rtol=1e-7, atol=0.0, exact=False):
     """Asserts two pytrees have the same structure and leaves equal within ``rtol``/``atol``
     (or bit for bit with ``exact``); a failure names the leaf's path."""

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_close
-from mct_jax import augment, data, distill, models, parallel, rollout, train, trajectory
+from conftest import assert_trees_close, scaled_trajectory
+from mct_jax import augment, data, distill, models, parallel, rollout, train
 from mct_jax.rollout import RolloutOptions
 
 
@@ -306,11 +306,7 @@ def test_without_a_validation_split_best_npz_is_chosen_on_the_test_set(tmp_path,
 @pytest.fixture(scope='module')
 def tiny_experts():
     ds = data.load_dataset('digits', train_images_per_class=10)
-    m = models.convnet(ds.image_shape, 10, 4, 3)
-    snaps = [m.init(jax.random.key(0))]
-    for t in range(1, 3):
-        snaps.append(jax.tree.map(lambda a, t=t: a * (1 + 0.1 * t), snaps[0]))
-    return ds, [trajectory.full(snaps)]
+    return ds, [scaled_trajectory(models.convnet(ds.image_shape, 10, 4, 3), 2)]
 
 
 @SLOW

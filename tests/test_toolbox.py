@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import assert_trees_close
-from mct_jax import data, distill, labels, models, rollout, train, trajectory
+from conftest import assert_trees_close, scaled_trajectory
+from mct_jax import data, distill, labels, models, rollout, train
 from mct_jax.models import conv_net, conv_net_grad
 from mct_jax.rollout import RolloutOptions
 
@@ -261,10 +261,7 @@ def test_optimizer_options():
 def tiny():
     ds = data.load_dataset('digits', train_images_per_class=10)
     m = models.convnet(ds.image_shape, 10, 4, 3)
-    snaps = [m.init(jax.random.key(0))]
-    for t in range(1, 5):
-        snaps.append(jax.tree.map(lambda a, t=t: a * (1 + 0.1 * t), snaps[0]))
-    return ds, m, [trajectory.full(snaps)]
+    return ds, m, [scaled_trajectory(m, 4)]
 
 
 def _run(tmp_path, tiny, out, iterations, **over):

@@ -47,6 +47,15 @@ def _flatten(x):
     return x.reshape(x.shape[0], -1)
 
 
+def _add_norm(params: dict, stats: dict, name: str, kind: str, channels: int) -> None:
+    """Adds a norm layer's parameters (and running statistics) under ``name``."""
+    p, s = L.norm_init(kind, channels)
+    if p is not None:
+        params[name] = p
+    if s is not None:
+        stats[name] = s
+
+
 def _shape_after(apply, params, stats, input_shape):
     """Output shape of ``apply`` on one image, from shapes only."""
     x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
@@ -64,11 +73,7 @@ def convnet_init(key, input_shape, num_classes, norm='batchnorm', width=128, dep
     params, stats = {}, {}
     for i in range(depth):
         params[f'conv{i}'] = L.conv_init(keys[i], 3, c, width)
-        p, s = L.norm_init(norm, width)
-        if p is not None:
-            params[f'norm{i}'] = p
-        if s is not None:
-            stats[f'norm{i}'] = s
+        _add_norm(params, stats, f'norm{i}', norm, width)
         c, h, w = width, h // 2, w // 2
     params['dense'] = L.dense_init(keys[-1], h * w * c, num_classes)
     return params, stats
@@ -173,11 +178,7 @@ def vgg11_init(key, input_shape, num_classes, norm='instancenorm'):
     params, stats = {}, {}
     for i, out in enumerate(widths):
         params[f'conv{i}'] = L.conv_init(k[i], 3, c, out)
-        p, s = L.norm_init(norm, out)
-        if p is not None:
-            params[f'norm{i}'] = p
-        if s is not None:
-            stats[f'norm{i}'] = s
+        _add_norm(params, stats, f'norm{i}', norm, out)
         c = out
     feats = _shape_after(lambda p, s, x, t: vgg11_apply(dict(p, fc={}), s, x, t, norm,
                                                         features_only=True),
@@ -221,13 +222,7 @@ def resnet18_init(key, input_shape, num_classes, norm='instancenorm', pool_short
     and the classifier reads the flattened last map instead of its average."""
     keys = iter(jax.random.split(key, 64))
     params, stats = {}, {}
-
-    def add_norm(name, channels):
-        p, s = L.norm_init(norm, channels)
-        if p is not None:
-            params[name] = p
-        if s is not None:
-            stats[name] = s
+    add_norm = lambda name, channels: _add_norm(params, stats, name, norm, channels)
 
     params['stem'] = L.conv_init(next(keys), 3, input_shape[-1], 64, bias=False)
     add_norm('stem_norm', 64)
