@@ -96,6 +96,32 @@ SCALES = {
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}   # two-sided 95 % t quantiles
 
 
+def _set_flag(flags: list[str], name: str, value) -> list[str]:
+    return [f'--{name}={value}' if f.startswith(f'--{name}=') else f for f in flags]
+
+
+def cut_scale(scale: dict, iterations: int | None, eval_every: int | None) -> dict:
+    """The scale with every arm's iterations (and evaluation interval) cut alike."""
+    run = {}
+    for ipc, flags in scale['run'].items():
+        if iterations is not None:
+            flags = _set_flag(flags, 'iterations', iterations)
+        if eval_every is not None:
+            flags = _set_flag(flags, 'eval_every', eval_every)
+        run[ipc] = flags
+    return dict(scale, run=run)
+
+
+def cut_text(scale: dict, plan: dict) -> str:
+    if plan.get('cut_iterations') is None and plan.get('cut_eval_every') is None:
+        return ''
+    full = ' '.join(scale['run'][10])
+    return (f"**Cut to fit the machine, alike for every arm:** {plan['cut_iterations']} "
+            f"iterations per run (evaluated every {plan['cut_eval_every']}) instead of the "
+            f"plan's `{full}`. `python experiments/study_cifar10.py` without the cut runs the "
+            f"full plan into another --out.")
+
+
 def log(msg: str) -> None:
     print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
@@ -166,9 +192,6 @@ def run_name(arm: str, seed: int) -> str:
 def stage_run(scale, work, out, arm: str, seed: int) -> dict:
     """One distillation run, its per-run JSON (reused when present)."""
     path = os.path.join(out, 'runs', f'{run_name(arm, seed)}.json')
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
     ipc, extra, experts, _ = ARMS[arm]
     run_dir = os.path.join(work, 'runs', run_name(arm, seed))
     expert_dir = os.path.join(work, 'experts' if experts == 'plain' else 'experts_smoothed')
@@ -178,6 +201,17 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
             [f'--ipc={scale["ipc"][ipc]}', f'--seed={seed}', f'--expert_dir={expert_dir}',
              f'--out_dir={run_dir}', '--pictures=false', '--tensorboard=false',
              '--progress=log'])
+    command = ['python', '-m', 'mct_jax.distill'] + [a.replace(REPO + os.sep, '') for a in args]
+    if os.path.isfile(path):
+        with open(path) as f:
+            done = json.load(f)
+        if done['command'] != command:
+            raise SystemExit(
+                f'error: {path} was run with a different command than this plan asks for '
+                f'(another scale or cut?):\n  done: {" ".join(done["command"])}\n  plan: '
+                f'{" ".join(command)}\nRerun with the settings it was made with, or give '
+                f'another --out and --work.')
+        return done
     log(f'{run_name(arm, seed)}: distilling')
     t0 = time.time()
     _cmd('mct_jax.distill', args, os.path.join(work, 'logs', f'{run_name(arm, seed)}.log'))
@@ -190,8 +224,7 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
     best = max(range(len(val)), key=lambda i: (val[i], -i))   # first of the best on validation
     secs = [s['seconds'] for s in steps[1:]]
     result = {'name': run_name(arm, seed), 'arm': arm, 'seed': seed, 'ipc': ipc,
-              'command': ['python', '-m', 'mct_jax.distill'] + [
-                  a.replace(REPO + os.sep, '') for a in args],
+              'command': command,
               'iterations': its, 'test_mean': test, 'test_std': [e['eval']['std'] for e in evals],
               'val_mean': val, 'val_std': [e['val']['std'] for e in evals],
               'best_iteration': its[best], 'best_val': val[best], 'best_test': test[best],
@@ -408,14 +441,28 @@ def main(argv=None):
     p.add_argument('--report_only', action='store_true')
     p.add_argument('--parts', default='main,ipc1,table2,cross',
                    help='which parts to run, in this order (the experts always)')
+    p.add_argument('--cut_iterations', type=int, default=None,
+                   help='run every arm for this many iterations instead of the scale\'s '
+                        '(a uniform cut, named in the report)')
+    p.add_argument('--cut_eval_every', type=int, default=None,
+                   help='with --cut_iterations: evaluate every this many iterations')
     args = p.parse_args(argv)
-    scale = SCALES[args.scale]
     os.makedirs(args.out, exist_ok=True)
+    plan_json = os.path.join(args.out, 'plan.json')
+    if args.report_only and os.path.isfile(plan_json):
+        with open(plan_json) as f:
+            plan = json.load(f)
+    else:
+        plan = {'scale': args.scale, 'cut_iterations': args.cut_iterations,
+                'cut_eval_every': args.cut_eval_every}
+    scale = cut_scale(SCALES[plan['scale']], plan['cut_iterations'], plan['cut_eval_every'])
     experts_json = os.path.join(args.out, 'experts.json')
     if not args.report_only:
         if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
             sys.exit('error: ../shared/data/cifar10/train.npz is missing beside the project; '
                      'the study reads real CIFAR-10 from there.')
+        with open(plan_json, 'w') as f:
+            json.dump(plan, f, indent=1)
         experts = stage_experts(scale, args.work)
         if not os.path.isfile(experts_json):
             with open(experts_json, 'w') as f:
@@ -428,6 +475,7 @@ def main(argv=None):
                     for arm in groups[part]:
                         stage_run(scale, args.work, args.out, arm, seed)
     runs = {}
+    os.makedirs(os.path.join(args.out, 'runs'), exist_ok=True)
     for f in sorted(os.listdir(os.path.join(args.out, 'runs'))):
         with open(os.path.join(args.out, 'runs', f)) as fh:
             r = json.load(fh)
@@ -451,7 +499,7 @@ def main(argv=None):
                             f"{statistics.mean(experts['final_test_accuracy']):.1f} %); ipc 10: "
                             f"{r10}; ipc 1: {' '.join(scale['run'][1])}; "
                             f"{' '.join(scale['common'])}; seeds {scale['seeds']}."),
-             'cut': ''}
+             'cut': cut_text(SCALES[plan['scale']], plan)}
     md = write_report(study, args.out)
     print(md)
 

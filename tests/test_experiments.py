@@ -1,6 +1,7 @@
 """The experiments' analysis: convergence, spread, paired differences over seeds, reports."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -112,3 +113,23 @@ def test_study_report_from_run_files(study, tmp_path):
     assert '| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
         assert os.path.isfile(tmp_path / f)
+
+
+def test_study_cut_is_alike_for_every_arm_and_guards_reuse(study, tmp_path):
+    full = study.SCALES['cpu']
+    cut = study.cut_scale(full, 100, 25)
+    for ipc in (10, 1):
+        assert '--iterations=100' in cut['run'][ipc] and '--eval_every=25' in cut['run'][ipc]
+        assert [f for f in cut['run'][ipc] if f.startswith('--syn_steps')] == \
+            [f for f in full['run'][ipc] if f.startswith('--syn_steps')]
+    assert '--iterations=200' in full['run'][10]          # the plan itself is untouched
+    text = study.cut_text(full, {'cut_iterations': 100, 'cut_eval_every': 25})
+    assert '100 iterations' in text and '--iterations=200' in text
+    assert study.cut_text(full, {'cut_iterations': None, 'cut_eval_every': None}) == ''
+    # a finished run made under other settings is not silently reused
+    out = tmp_path / 'out'
+    (out / 'runs').mkdir(parents=True)
+    done = _fake_run(study, 'mct', 0, 30.0)
+    (out / 'runs' / 'mct_s0.json').write_text(json.dumps(done))
+    with pytest.raises(SystemExit, match='different command'):
+        study.stage_run(cut, str(tmp_path / 'work'), str(out), 'mct', 0)
