@@ -385,14 +385,26 @@ def write_report(study: dict, out: str) -> str:
                          f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
         lines += ['', 'Test accuracy (%), mean +- std over the networks; IOR and HLR in points '
                   'of accuracy, LRS in percent (docs/evaluation.md).']
-    total = (study['experts'].get('wall_seconds', 0) + sum(r['wall_seconds'] for r in runs.values())
-             + sum(c.get('seconds', 0) for c in cross.values()))
+    experts_s = study['experts'].get('train_seconds', study['experts'].get('wall_seconds', 0))
+    runs_s = sum(r['wall_seconds'] for r in runs.values())
+    cross_s = sum(c.get('seconds', 0) for c in cross.values())
     lines += ['', '## Compute', '',
-              f"{len(runs)} distillation runs, {total / 3600:.1f} hours in all on the 2-core "
-              f"CPU (experts {study['experts'].get('wall_seconds', 0) / 60:.0f} min; runs "
-              f"{sum(r['wall_seconds'] for r in runs.values()) / 3600:.1f} h; cross-architecture "
-              f"and scores {sum(c.get('seconds', 0) for c in cross.values()) / 3600:.1f} h).",
-              study.get('cut', '')]
+              f"{len(runs)} distillation runs, {(experts_s + runs_s + cross_s) / 3600:.1f} hours "
+              f"in all on the 2-core CPU (training the experts {experts_s / 60:.0f} min; runs "
+              f"{runs_s / 3600:.1f} h; cross-architecture and scores {cross_s / 3600:.1f} h).",
+              '']
+    missing = [name for name, arms in (('the main comparison', MAIN), ('ipc 1', IPC1),
+                                       ("the paper's Table 2", TABLE2))
+               if not any(r['arm'] in arms for r in runs.values())]
+    if not cross:
+        missing.append('the cross-architecture evaluation')
+    else:
+        missing += [f'the cross-architecture evaluation of {ARMS[a][3]}'
+                    for a in MAIN if a in stats and a not in cross]
+    if missing:
+        lines += [f"**Not run yet:** {'; '.join(missing)}. The study continues where it "
+                  f"stopped, reusing every finished run: `{study.get('command', '')}`.", '']
+    lines += [study.get('cut', '')]
     lines += ['', '![accuracy](study_accuracy.png)', '']
     md = '\n'.join(lines) + '\n'
     with open(os.path.join(out, 'study_cifar10.md'), 'w') as f:
@@ -499,7 +511,10 @@ def main(argv=None):
                             f"{statistics.mean(experts['final_test_accuracy']):.1f} %); ipc 10: "
                             f"{r10}; ipc 1: {' '.join(scale['run'][1])}; "
                             f"{' '.join(scale['common'])}; seeds {scale['seeds']}."),
-             'cut': cut_text(SCALES[plan['scale']], plan)}
+             'cut': cut_text(SCALES[plan['scale']], plan),
+             'command': ' '.join(['python experiments/study_cifar10.py'] + [
+                 f'--{k}={v}' for k, v in plan.items() if v is not None and
+                 (k != 'scale' or v != 'cpu')])}
     md = write_report(study, args.out)
     print(md)
 

@@ -106,11 +106,14 @@ def test_study_report_from_run_files(study, tmp_path):
                      'convnet_scores': scores}}
     md = study.write_report({'runs': runs, 'cross': cross, 'scale_text': 'tiny',
                              'experts': {'wall_seconds': 60.0, 'num_experts': 2, 'epochs': 3,
-                                         'final_test_accuracy': [30.0, 31.0]}, 'cut': ''},
+                                         'final_test_accuracy': [30.0, 31.0]}, 'cut': '',
+                             'command': 'python experiments/study_cifar10.py'},
                             str(tmp_path))
     assert '| MCT, 2 anchors | 3 | 32.00 +- 1.00 |' in md
     assert 'MCT (2 anchors) is at least as accurate as MTT at ipc 10: supported, +1.00' in md
     assert '| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |' in md
+    assert ("**Not run yet:** the paper's Table 2; the cross-architecture evaluation of MTT"
+            in md) and '`python experiments/study_cifar10.py`' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
         assert os.path.isfile(tmp_path / f)
 
