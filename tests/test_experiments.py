@@ -111,7 +111,8 @@ def test_study_report_from_run_files(study, tmp_path):
                             str(tmp_path))
     assert '| MCT, 2 anchors | 3 | 32.00 +- 1.00 |' in md
     assert 'MCT (2 anchors) is at least as accurate as MTT at ipc 10: supported, +1.00' in md
-    assert '| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |' in md
+    assert ('| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |'
+            in md)
     assert ("**Not run yet:** the paper's Table 2; the cross-architecture evaluation of MTT"
             in md) and '`python experiments/study_cifar10.py`' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):

@@ -202,11 +202,15 @@ def _bad(tmp_path, kind):
 
 @pytest.mark.parametrize('kind,message', [
     ('truncated', 'is not a readable PyTorch file'),
-    ('width', 'width=4 in the buffers but 8 in the flags'),
-    ('classes', 'num_classes=5 in the buffers but 10 in the flags'),
-    ('empty', 'holds an empty list of trajectories'),
+    pytest.param('width',
+                 'width=4 in the buffers but 8 in the flags', marks=pytest.mark.slow),
+    pytest.param('classes',
+                 'num_classes=5 in the buffers but 10 in the flags', marks=pytest.mark.slow),
+    pytest.param('empty',
+                 'holds an empty list of trajectories', marks=pytest.mark.slow),
     ('not_a_buffer', 'holds a dict, not a buffer'),
-    ('resnet', 'are not those of the ConvNet of trajectory matching'),
+    pytest.param('resnet',
+                 'are not those of the ConvNet of trajectory matching', marks=pytest.mark.slow),
 ])
 def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, kind, message):
     folder = _bad(tmp_path, kind)

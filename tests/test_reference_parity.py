@@ -252,7 +252,8 @@ def _perturb_norms(params, key):
     return jax.tree.unflatten(jax.tree.structure(params), out)
 
 
-SLOW_NAMES = {'vgg11', 'vgg11_bn', 'resnet18', 'resnet18_bn', 'resnet18_ap', 'resnet18_bn_ap'}
+SLOW_NAMES = {'lenet', 'alexnet', 'vgg11', 'vgg11_bn', 'resnet18', 'resnet18_bn', 'resnet18_ap',
+              'resnet18_bn_ap'}
 
 
 @pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NAMES

@@ -29,6 +29,7 @@ def _setup(dtype=jnp.float64, n=8, classes=4, shape=(8, 8, 3), width=6):
 
 # ----------------------------------------------------------------------------- soft labels
 
+@pytest.mark.slow
 def test_soft_target_gradient_matches_autodiff_float64():
     """The hand-written gradient with [B, K] probability targets equals jax.grad of the
     soft-target cross-entropy, and one-hot targets give the hard-label gradient."""
@@ -144,6 +145,7 @@ def test_evaluation_trains_with_soft_targets():
 
 # ----------------------------------------------------------------------------- TESLA
 
+@pytest.mark.slow
 def test_tesla_equals_its_definition_float64():
     """The tesla method against a direct implementation of the MCT release's formulas:
     dL/dx = -(2 lr / D) sum_t J_t^T (theta_N - theta_T) and dL/dlr = -(2 / D) <G, theta_N -
