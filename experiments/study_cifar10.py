@@ -75,7 +75,7 @@ SCALES = {
                     1: ['--syn_steps=20', '--iterations=200', '--eval_every=20']},
             'common': ['--num_eval=3', '--eval_epochs=100', '--expert_epochs=2',
                        '--max_start_epoch=8', '--lr_img=1000', '--lr_lr=1e-07'],
-            'cross': ['--models=convnet,alexnet,vgg11,resnet18', '--num_eval=2',
+            'cross': ['--models=convnet,alexnet,vgg11,resnet18', '--num_eval=3',
                       '--eval_epochs=100'],
             'scores': ['--models=convnet', '--report', '--num_eval=3', '--eval_epochs=100',
                        '--full_data_epochs=30']},
@@ -384,7 +384,12 @@ def write_report(study: dict, out: str) -> str:
             lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
                          f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
         lines += ['', 'Test accuracy (%), mean +- std over the networks; IOR and HLR in points '
-                  'of accuracy, LRS in percent (docs/evaluation.md).']
+                  'of accuracy, LRS in percent (docs/evaluation.md). Seconds to train and test '
+                  'all networks of each architecture:', '']
+        for arm, c in cross.items():
+            lines.append(f"- {ARMS[arm][3]}: " + ', '.join(
+                f"{a} {c['architectures'][a]['seconds']:.0f} s" for a in archs
+                if a in c['architectures'] and 'seconds' in c['architectures'][a]))
     experts_s = study['experts'].get('train_seconds', study['experts'].get('wall_seconds', 0))
     runs_s = sum(r['wall_seconds'] for r in runs.values())
     cross_s = sum(c.get('seconds', 0) for c in cross.values())

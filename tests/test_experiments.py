@@ -101,8 +101,10 @@ def test_study_report_from_run_files(study, tmp_path):
             runs[r['name']] = r
     scores = {'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0}}
     cross = {'mct': {'arm': 'mct', 'set': 'mct_s2', 'seconds': 60.0,
-                     'architectures': {'convnet': {'test': {'mean': 33.0, 'std': 0.5}},
-                                       'resnet18': {'test': {'mean': 25.0, 'std': 1.0}}},
+                     'architectures': {'convnet': {'test': {'mean': 33.0, 'std': 0.5},
+                                                   'seconds': 12.0},
+                                       'resnet18': {'test': {'mean': 25.0, 'std': 1.0},
+                                                    'seconds': 340.0}},
                      'convnet_scores': scores}}
     md = study.write_report({'runs': runs, 'cross': cross, 'scale_text': 'tiny',
                              'experts': {'wall_seconds': 60.0, 'num_experts': 2, 'epochs': 3,
@@ -113,6 +115,7 @@ def test_study_report_from_run_files(study, tmp_path):
     assert 'MCT (2 anchors) is at least as accurate as MTT at ipc 10: supported, +1.00' in md
     assert ('| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |'
             in md)
+    assert '- MCT, 2 anchors: convnet 12 s, resnet18 340 s' in md
     assert ("**Not run yet:** the paper's Table 2; the cross-architecture evaluation of MTT"
             in md) and '`python experiments/study_cifar10.py`' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
