@@ -280,6 +280,9 @@ ConvNet, 50,000 training images, 100 experts x 50 epochs, N = 30-50, 5,000 itera
 def markdown(res) -> str:
     e = res['experts']
     lines = [f'# CIFAR-10 reproduction at CPU scale ({res["scale"]})', '',
+             '**Superseded** by the seeded study (`study_cifar10/study_cifar10.md`): this '
+             'page ran each method once, with one seed, and chose each best set on the test '
+             'set, so its differences support no claim. It is kept for the record.', '',
              f'Command: `{res["command"]}`. Compute: experts {e["train_seconds"] / 60:.1f} min, '
              f'distillation runs {sum(r["wall_seconds"] for r in res["runs"]) / 60:.1f} min '
              f'(including their evaluations), on {res["machine"]}.', '', SCALE_NOTES,
