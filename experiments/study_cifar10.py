@@ -246,7 +246,7 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
     """Cross-architecture table and ConvNet scores of each main arm's best set (the seed
     whose best validation accuracy is highest)."""
     results = {}
-    for arm in MAIN:
+    for arm in ['mct', 'mtt'] + [a for a in MAIN if a not in ('mct', 'mtt')]:   # headline first
         mine = [r for r in runs.values() if r['arm'] == arm]
         if not mine:
             continue
