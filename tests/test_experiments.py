@@ -10,13 +10,18 @@ import pytest
 from conftest import REPO
 
 
-@pytest.fixture(scope='module')
-def rep():
-    path = os.path.join(REPO, 'experiments', 'reproduce_cifar10.py')
-    spec = importlib.util.spec_from_file_location('reproduce_cifar10', path)
+def _script(name):
+    """An experiment script of experiments/, imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, 'experiments', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope='module')
+def rep():
+    return _script('reproduce_cifar10')
 
 
 def test_convergence_is_the_first_iteration_that_stays_within_two_points(rep):
@@ -57,11 +62,7 @@ def test_report_states_every_claim(rep, tmp_path):
 
 @pytest.fixture(scope='module')
 def study():
-    path = os.path.join(REPO, 'experiments', 'study_cifar10.py')
-    spec = importlib.util.spec_from_file_location('study_cifar10', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script('study_cifar10')
 
 
 def _fake_run(study, arm, seed, best_test, curve=(20.0, 30.0, 31.0, 30.5)):
