@@ -127,7 +127,7 @@ def test_residual_budget_chooses_between_storing_and_recomputing():
     m, start, target, images, labels = _setup()
     traced = []
     grad_and_residuals, hvp = m.stored_hvp
-    spy = (grad_and_residuals, lambda *a: (traced.append(1), hvp(*a))[1])
+    spy = (grad_and_residuals, lambda *a, **k: (traced.append(1), hvp(*a, **k))[1])
     need = 3 * rollout.residual_bytes(grad_and_residuals, start, images[:4], labels[:4])
     assert need > 0
     results = {}
