@@ -354,6 +354,11 @@ def write_report(study: dict, out: str) -> str:
                          f"{s['best_test_sd']:.2f} | {s['best_val_mean']:.2f} | "
                          f"{s['final_test_mean']:.2f} | {s['converged_at_mean']:.0f} | "
                          f"{s['spread_std_mean']:.2f} | {s['seconds_per_iteration']:.2f} |")
+    lines += ['', 'Converged at: the first evaluation after which test accuracy stays within 2 '
+              'points of the run\'s best (mean over seeds); spread after: the std of the '
+              'evaluations from there on. s / iteration: median wall seconds of one iteration '
+              'on the shared 2-core machine, not a speed benchmark (docs/benchmarks.md has '
+              'those).']
     lines += ['', '## Claims, from paired differences over seeds', '',
               'Each difference pairs two arms run with the same seed (same experts, same '
               'initial draw where the arms allow); the interval is a 95 % t-interval over '
