@@ -321,14 +321,14 @@ def arm_stats(runs: dict, arm: str) -> dict | None:
 
 
 COMPARISONS = [
-    ('mct', 'mtt', 'MCT (2 anchors) is at least as accurate as MTT at ipc 10'),
-    ('mct_ipc1', 'mtt_ipc1', 'MCT is at least as accurate as MTT at ipc 1'),
+    ('mct', 'mtt', 'MCT (2 anchors) beats MTT at ipc 10'),
+    ('mct_ipc1', 'mtt_ipc1', 'MCT beats MTT at ipc 1'),
     ('mct', 'mct_integer', 'Continuous starts beat integer starts (10 experts)'),
     ('mct_smoothed', 'mct', "The release's smoothed anchors beat 2 anchors"),
     ('mct_learned', 'mct', 'Learned soft labels improve MCT'),
     ('mtt_learned', 'mtt', 'Learned soft labels improve MTT'),
     ('mct_learned', 'mtt_learned', 'With learned labels, MCT beats MTT'),
-    ('mct_tesla', 'mct', "The authors' approximate gradient does as well as the exact one"),
+    ('mct_tesla', 'mct', "The authors' approximate gradient beats the exact one"),
 ] + [(f'mct_e{e}', f'mct_integer_e{e}', f'Continuous starts beat integer starts with {e} '
       f'expert{"s" if e > 1 else ""} (Table 2)') for e in (1, 2, 5)]
 

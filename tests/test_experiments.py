@@ -113,7 +113,7 @@ def test_study_report_from_run_files(study, tmp_path):
                              'command': 'python experiments/study_cifar10.py'},
                             str(tmp_path))
     assert '| MCT, 2 anchors | 3 | 32.00 +- 1.00 |' in md
-    assert 'MCT (2 anchors) is at least as accurate as MTT at ipc 10: supported, +1.00' in md
+    assert 'MCT (2 anchors) beats MTT at ipc 10: supported, +1.00' in md
     assert ('| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |'
             in md)
     assert '- MCT, 2 anchors: convnet 12 s, resnet18 340 s' in md
