@@ -52,15 +52,24 @@ INSTANCE_NORM_EPS = 1e-5
 
 # ----------------------------------------------------------------------------- layers
 
-def im2col(x):
-    """im2col for a 3x3 'SAME' window: [B, H, W, C] -> [B, H, W, 9 * C], (dy, dx, c) order.
+def patches(x, kh: int, kw: int, stride: int = 1, padding: int = 1):
+    """The kernel's strided windows of the zero-padded input, side by side:
+    [B, H, W, C] -> [B, H', W', kh * kw * C] in (dy, dx, c) order, so that a convolution is
+    one matrix product with the kernel reshaped to [kh * kw * C, C_out].
 
-    Built from slices of the zero-padded input, so its derivatives are pads and slices.
+    Built from slices of the padded input, so its derivatives are pads and slices.
     """
-    _, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h = (x.shape[1] + 2 * padding - kh) // stride + 1
+    w = (x.shape[2] + 2 * padding - kw) // stride + 1
     return jnp.concatenate(
-        [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], axis=-1)
+        [xp[:, dy:dy + stride * (h - 1) + 1:stride, dx:dx + stride * (w - 1) + 1:stride]
+         for dy in range(kh) for dx in range(kw)], axis=-1)
+
+
+def im2col(x):
+    """im2col for a 3x3 'SAME' window: [B, H, W, C] -> [B, H, W, 9 * C], (dy, dx, c) order."""
+    return patches(x, 3, 3)
 
 
 def conv3x3(x, w):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mct_jax.models.conv_net import instance_norm
+from mct_jax.models.conv_net import instance_norm, patches
 
 NORM_EPS = 1e-5
 BATCH_NORM_MOMENTUM = 0.1   # PyTorch's: running = (1 - m) running + m batch
@@ -45,20 +45,14 @@ def conv_init(key, kernel: int, c_in: int, c_out: int, bias: bool = True,
 def conv(p: dict, x, stride: int = 1, padding: int = 1):
     """Cross-correlation with zero padding on every side, as ``torch.nn.Conv2d``.
 
-    x: [B, H, W, C_in] -> [B, H', W', C_out]. Written as im2col, the kernel's strided
-    windows of the padded input concatenated and one matrix product, like the ConvNet's
-    :func:`~mct_jax.models.conv_net.conv3x3`: its derivatives are matrix products, pads and
-    slices, which trained VGG11 4.6x faster than ``lax.conv_general_dilated``'s on the
+    x: [B, H, W, C_in] -> [B, H', W', C_out]. Written as im2col
+    (:func:`~mct_jax.models.conv_net.patches`, as the ConvNet's ``conv3x3``) and one matrix
+    product: its derivatives are matrix products, pads and slices, which trained VGG11 4.6x faster than ``lax.conv_general_dilated``'s on the
     2-core CPU and ResNet18 1.1x faster (AlexNet 0.9x; docs/benchmarks.md).
     """
     kh, kw, _, c_out = p['w'].shape
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h = (x.shape[1] + 2 * padding - kh) // stride + 1
-    w = (x.shape[2] + 2 * padding - kw) // stride + 1
-    windows = [xp[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride]
-               for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(windows, -1) if len(windows) > 1 else windows[0]
-    y = jnp.einsum('bhwk,ko->bhwo', patches, p['w'].reshape(-1, c_out))
+    cols = patches(x, kh, kw, stride, padding)
+    y = jnp.einsum('bhwk,ko->bhwo', cols, p['w'].reshape(-1, c_out))
     return y + p['b'] if 'b' in p else y
 
 
