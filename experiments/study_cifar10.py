@@ -100,8 +100,10 @@ def _set_flag(flags: list[str], name: str, value) -> list[str]:
     return [f'--{name}={value}' if f.startswith(f'--{name}=') else f for f in flags]
 
 
-def cut_scale(scale: dict, iterations: int | None, eval_every: int | None) -> dict:
-    """The scale with every arm's iterations (and evaluation interval) cut alike."""
+def cut_scale(scale: dict, iterations: int | None, eval_every: int | None,
+              cross_nets: int | None = None) -> dict:
+    """The scale with every arm's iterations, evaluation interval and number of
+    cross-architecture networks cut alike."""
     run = {}
     for ipc, flags in scale['run'].items():
         if iterations is not None:
@@ -109,17 +111,32 @@ def cut_scale(scale: dict, iterations: int | None, eval_every: int | None) -> di
         if eval_every is not None:
             flags = _set_flag(flags, 'eval_every', eval_every)
         run[ipc] = flags
-    return dict(scale, run=run)
+    cross = scale['cross'] if cross_nets is None else _set_flag(scale['cross'], 'num_eval',
+                                                                cross_nets)
+    return dict(scale, run=run, cross=cross)
+
+
+def _flag(flags: list[str], name: str) -> str | None:
+    return next((f.split('=', 1)[1] for f in flags if f.startswith(f'--{name}=')), None)
 
 
 def cut_text(scale: dict, plan: dict) -> str:
-    if plan.get('cut_iterations') is None and plan.get('cut_eval_every') is None:
+    """The report's sentence naming every uniform cut in ``plan`` ('' when there is none)."""
+    cuts = []
+    if plan.get('cut_iterations') is not None or plan.get('cut_eval_every') is not None:
+        iterations = plan.get('cut_iterations') or _flag(scale['run'][10], 'iterations')
+        every = plan.get('cut_eval_every') or _flag(scale['run'][10], 'eval_every')
+        cuts.append(f"{iterations} iterations per run (evaluated every {every}) instead of "
+                    f"the plan's `{' '.join(scale['run'][10])}`")
+    if plan.get('cut_cross_nets') is not None:
+        cuts.append(f"{plan['cut_cross_nets']} network(s) per architecture in the "
+                    f"cross-architecture table instead of the plan's "
+                    f"`{_flag(scale['cross'], 'num_eval')}`")
+    if not cuts:
         return ''
-    full = ' '.join(scale['run'][10])
-    return (f"**Cut to fit the machine, alike for every arm:** {plan['cut_iterations']} "
-            f"iterations per run (evaluated every {plan['cut_eval_every']}) instead of the "
-            f"plan's `{full}`. `python experiments/study_cifar10.py` without the cut runs the "
-            f"full plan into another --out.")
+    return (f"**Cut to fit the machine, alike for every arm:** {'; '.join(cuts)}. "
+            f"`python experiments/study_cifar10.py` without the cut runs the full plan into "
+            f"another --out.")
 
 
 def log(msg: str) -> None:
@@ -252,7 +269,15 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
             continue
         best = max(mine, key=lambda r: r['best_val'])
         path = os.path.join(out, 'cross', f'{arm}.json')
-        if not os.path.isfile(path):
+        if os.path.isfile(path):
+            with open(path) as f:
+                done = json.load(f)['commands'][0]
+            if ([x for x in done if not x.startswith('--num_eval=')] !=
+                    [x for x in scale['cross'] if not x.startswith('--num_eval=')] or
+                    int(_flag(done, 'num_eval')) < int(_flag(scale['cross'], 'num_eval'))):
+                sys.exit(f'error: {path} was evaluated with `{" ".join(done)}`, not '
+                         f'`{" ".join(scale["cross"])}`; move it away or use another --out.')
+        else:
             synthetic = os.path.join(work, 'runs', best['name'])
             t0 = time.time()
             log(f'{arm}: cross-architecture evaluation of {best["name"]}')
@@ -333,6 +358,39 @@ COMPARISONS = [
       f'expert{"s" if e > 1 else ""} (Table 2)') for e in (1, 2, 5)]
 
 
+def _cross_cell(summary: dict, nets: int | None) -> str:
+    """'mean +- std' of the first ``nets`` networks' accuracies (all of them when the
+    summary has no per-network list or nets is None); the bare value for one network."""
+    acc = summary.get('all')
+    if not acc or nets is None:
+        return f"{summary['mean']:.2f} +- {summary['std']:.2f}"
+    acc = acc[:nets]
+    if len(acc) == 1:
+        return f'{acc[0]:.2f}'
+    return f'{statistics.mean(acc):.2f} +- {statistics.pstdev(acc):.2f}'
+
+
+def _table2(runs: dict, stats: dict) -> list[str]:
+    """The paper's Table 2 laid out as in the paper: experts down, start sampling across,
+    with the paired difference and its interval (the 10-expert row is the main comparison)."""
+    rows = [(e, f'mct_e{e}', f'mct_integer_e{e}') for e in (1, 2, 5)]
+    rows.append((10, 'mct', 'mct_integer'))
+    if not any(a in stats for _, a, _ in rows[:3]):
+        return []
+    out = ['', "## The paper's Table 2: continuous against integer starts", '',
+           '| experts | continuous (%) | integer (%) | continuous - integer (95 % interval) |',
+           '|---|---|---|---|']
+    for e, a, b in rows:
+        if a not in stats or b not in stats:
+            continue
+        p = paired(runs, a, b)
+        diff = f"{p['mean']:+.2f} ({p['low']:+.2f}, {p['high']:+.2f})" if p else '-'
+        out.append(f"| {e} | {stats[a]['best_test_mean']:.2f} +- {stats[a]['best_test_sd']:.2f} "
+                   f"| {stats[b]['best_test_mean']:.2f} +- {stats[b]['best_test_sd']:.2f} | "
+                   f"{diff} |")
+    return out
+
+
 def write_report(study: dict, out: str) -> str:
     runs = study['runs']
     stats = {arm: s for arm in ARMS if (s := arm_stats(runs, arm))}
@@ -359,6 +417,7 @@ def write_report(study: dict, out: str) -> str:
               'evaluations from there on. s / iteration: median wall seconds of one iteration '
               'on the shared 2-core machine, not a speed benchmark (docs/benchmarks.md has '
               'those).']
+    lines += _table2(runs, stats)
     lines += ['', '## Claims, from paired differences over seeds', '',
               'Each difference pairs two arms run with the same seed (same experts, same '
               'initial draw where the arms allow); the interval is a 95 % t-interval over '
@@ -380,21 +439,26 @@ def write_report(study: dict, out: str) -> str:
         lines += ['', '## Cross-architecture evaluation of each arm\'s best set', '',
                   '| arm (set) | ' + ' | '.join(archs) + ' | ConvNet IOR | HLR | LRS |',
                   '|' + '---|' * (len(archs) + 4)]
+        nets = study.get('cross_nets')
+        cross = {arm: cross[arm] for arm in MAIN if arm in cross}
         for arm, c in cross.items():
             cells = []
             for a in archs:
                 r = c['architectures'].get(a)
-                cells.append(f"{r['test']['mean']:.2f} +- {r['test']['std']:.2f}" if r else '-')
+                cells.append(_cross_cell(r['test'], nets) if r else '-')
             sc = c['convnet_scores']['scores']
             lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
                          f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
-        lines += ['', 'Test accuracy (%), mean +- std over the networks; IOR and HLR in points '
-                  'of accuracy, LRS in percent (docs/evaluation.md). Seconds to train and test '
-                  'all networks of each architecture:', '']
+        lines += ['', f'Test accuracy (%) of the first {nets} network(s) of each architecture '
+                  '(mean +- std where there are several; network i is initialised and '
+                  'shuffled from `fold_in(key, i)`, so the first networks of a larger '
+                  'evaluation are the same networks); IOR and HLR in points of accuracy, LRS '
+                  'in percent, from 3 ConvNets (docs/evaluation.md). Seconds to train and '
+                  'test the networks of each architecture that were run:', '']
         for arm, c in cross.items():
             lines.append(f"- {ARMS[arm][3]}: " + ', '.join(
-                f"{a} {c['architectures'][a]['seconds']:.0f} s" for a in archs
-                if a in c['architectures'] and 'seconds' in c['architectures'][a]))
+                f"{a} {r['seconds']:.0f} s ({len(r['test'].get('all', [])) or '?'} networks)"
+                for a in archs if (r := c['architectures'].get(a)) and 'seconds' in r))
     experts_s = study['experts'].get('train_seconds', study['experts'].get('wall_seconds', 0))
     runs_s = sum(r['wall_seconds'] for r in runs.values())
     cross_s = sum(c.get('seconds', 0) for c in cross.values())
@@ -467,7 +531,10 @@ def main(argv=None):
                    help='run every arm for this many iterations instead of the scale\'s '
                         '(a uniform cut, named in the report)')
     p.add_argument('--cut_eval_every', type=int, default=None,
-                   help='with --cut_iterations: evaluate every this many iterations')
+                   help='evaluate every arm every this many iterations instead')
+    p.add_argument('--cut_cross_nets', type=int, default=None,
+                   help='train this many networks per architecture in the cross-architecture '
+                        'table instead of the scale\'s (alike for every arm)')
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     plan_json = os.path.join(args.out, 'plan.json')
@@ -476,8 +543,9 @@ def main(argv=None):
             plan = json.load(f)
     else:
         plan = {'scale': args.scale, 'cut_iterations': args.cut_iterations,
-                'cut_eval_every': args.cut_eval_every}
-    scale = cut_scale(SCALES[plan['scale']], plan['cut_iterations'], plan['cut_eval_every'])
+                'cut_eval_every': args.cut_eval_every, 'cut_cross_nets': args.cut_cross_nets}
+    scale = cut_scale(SCALES[plan['scale']], plan['cut_iterations'], plan['cut_eval_every'],
+                      plan.get('cut_cross_nets'))
     experts_json = os.path.join(args.out, 'experts.json')
     if not args.report_only:
         if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
@@ -514,6 +582,7 @@ def main(argv=None):
         experts = json.load(f)
     r10 = ' '.join(scale['run'][10])
     study = {'runs': runs, 'cross': cross, 'experts': experts,
+             'cross_nets': int(_flag(scale['cross'], 'num_eval')),
              'scale_text': (f"`experiments/cifar10_local.cfg` ({args.scale} scale): width-32 "
                             f"ConvNet, 500 training images per class, 50 per class held out "
                             f"for validation; {experts['num_experts']} experts of "

@@ -116,11 +116,41 @@ def test_study_report_from_run_files(study, tmp_path):
     assert 'MCT (2 anchors) beats MTT at ipc 10: supported, +1.00' in md
     assert ('| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |'
             in md)
-    assert '- MCT, 2 anchors: convnet 12 s, resnet18 340 s' in md
+    assert '- MCT, 2 anchors: convnet 12 s (? networks), resnet18 340 s (? networks)' in md
     assert ("**Not run yet:** the paper's Table 2; the cross-architecture evaluation of MTT"
             in md) and '`python experiments/study_cifar10.py`' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
         assert os.path.isfile(tmp_path / f)
+
+
+def test_study_report_cuts_cross_networks_alike_and_lays_out_table2(study, tmp_path):
+    runs = {}
+    for seed in (0, 1, 2):
+        for arm in study.MAIN + study.TABLE2:
+            r = _fake_run(study, arm, seed, 30.0 + seed + (2.0 if 'integer' not in arm else 0))
+            runs[r['name']] = r
+    scores = {'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0}}
+    three = [30.0, 33.0, 36.0]                            # a 3-network evaluation
+    cross = {arm: {'arm': arm, 'set': f'{arm}_s0', 'seconds': 1.0, 'convnet_scores': scores,
+                   'architectures': {'convnet': {'test': {'mean': np.mean(acc),
+                                                          'std': np.std(acc), 'all': acc},
+                                                 'seconds': 5.0}}}
+             for arm, acc in (('mtt', [29.0]), ('mct', three))}
+    md = study.write_report({'runs': runs, 'cross': cross, 'cross_nets': 1, 'scale_text': 't',
+                             'experts': {'wall_seconds': 1.0, 'num_experts': 2, 'epochs': 3,
+                                         'final_test_accuracy': [30.0]}, 'cut': ''},
+                            str(tmp_path))
+    # every arm reports its first network only, whatever was trained
+    assert '| MTT (mtt_s0) | 29.00 | 10.00 |' in md
+    assert '| MCT, 2 anchors (mct_s0) | 30.00 | 10.00 |' in md
+    assert '- MCT, 2 anchors: convnet 5 s (3 networks)' in md
+    assert md.index('| MTT (mtt_s0)') < md.index('| MCT, 2 anchors (mct_s0)')   # MAIN order
+    # Table 2: continuous - integer is +2 on every seed, so the interval has no width
+    assert "## The paper's Table 2: continuous against integer starts" in md
+    for e in (1, 2, 5, 10):
+        assert f'| {e} | 33.00 +- 1.00 | 31.00 +- 1.00 | +2.00 (+2.00, +2.00) |' in md
+    assert study._cross_cell({'mean': 33.0, 'std': 2.45, 'all': three}, 2) == '31.50 +- 1.50'
+    assert study._cross_cell({'mean': 33.0, 'std': 2.45}, 1) == '33.00 +- 2.45'
 
 
 def test_study_cut_is_alike_for_every_arm_and_guards_reuse(study, tmp_path):
@@ -134,6 +164,13 @@ def test_study_cut_is_alike_for_every_arm_and_guards_reuse(study, tmp_path):
     text = study.cut_text(full, {'cut_iterations': 100, 'cut_eval_every': 25})
     assert '100 iterations' in text and '--iterations=200' in text
     assert study.cut_text(full, {'cut_iterations': None, 'cut_eval_every': None}) == ''
+    only_every = study.cut_text(full, {'cut_iterations': None, 'cut_eval_every': 25})
+    assert '200 iterations per run (evaluated every 25)' in only_every
+    nets = study.cut_scale(full, 100, 25, cross_nets=1)
+    assert '--num_eval=1' in nets['cross'] and '--num_eval=3' in full['cross']
+    assert nets['scores'] == full['scores']               # the ConvNet scores keep 3 nets
+    assert "1 network(s) per architecture in the cross-architecture table instead of the " \
+        "plan's `3`" in study.cut_text(full, {'cut_cross_nets': 1})
     # a finished run made under other settings is not silently reused
     out = tmp_path / 'out'
     (out / 'runs').mkdir(parents=True)
@@ -141,3 +178,20 @@ def test_study_cut_is_alike_for_every_arm_and_guards_reuse(study, tmp_path):
     (out / 'runs' / 'mct_s0.json').write_text(json.dumps(done))
     with pytest.raises(SystemExit, match='different command'):
         study.stage_run(cut, str(tmp_path / 'work'), str(out), 'mct', 0)
+    # a finished cross-architecture evaluation is reused with more networks than the cut
+    # asks for (the first ones are the same networks), refused with fewer or other settings
+    runs = {'mct_s0': _fake_run(study, 'mct', 0, 30.0)}
+    (out / 'cross').mkdir()
+    for flags, ok in ((full['cross'], True), (nets['cross'], True),
+                      (study._set_flag(full['cross'], 'eval_epochs', 50), False)):
+        (out / 'cross' / 'mct.json').write_text(json.dumps(
+            {'arm': 'mct', 'set': 'mct_s0', 'architectures': {}, 'commands': [flags, []]}))
+        if ok:
+            assert study.stage_cross(nets, str(tmp_path / 'work'), str(out), runs)['mct']
+        else:
+            with pytest.raises(SystemExit, match='was evaluated with'):
+                study.stage_cross(nets, str(tmp_path / 'work'), str(out), runs)
+    (out / 'cross' / 'mct.json').write_text(json.dumps(
+        {'arm': 'mct', 'set': 'mct_s0', 'architectures': {}, 'commands': [nets['cross'], []]}))
+    with pytest.raises(SystemExit, match='was evaluated with'):   # 1 network, 3 asked for
+        study.stage_cross(full, str(tmp_path / 'work'), str(out), runs)
