@@ -519,6 +519,16 @@ def _plot(runs, stats, png):
 
 # ----------------------------------------------------------------------------- main
 
+def _read_results(folder: str, key: str) -> dict:
+    """Every JSON file in ``folder`` (none if it does not exist), by its ``key`` field."""
+    results = {}
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, f)) as fh:
+            r = json.load(fh)
+        results[r[key]] = r
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--scale', choices=sorted(SCALES), default='cpu')
@@ -564,20 +574,14 @@ def main(argv=None):
                 for seed in scale['seeds']:          # seed by seed: a cut keeps arms equal
                     for arm in groups[part]:
                         stage_run(scale, args.work, args.out, arm, seed)
-    runs = {}
-    os.makedirs(os.path.join(args.out, 'runs'), exist_ok=True)
-    for f in sorted(os.listdir(os.path.join(args.out, 'runs'))):
-        with open(os.path.join(args.out, 'runs', f)) as fh:
-            r = json.load(fh)
-        runs[r['name']] = r
-    cross = {}
+    runs = _read_results(os.path.join(args.out, 'runs'), 'name')
     if not args.report_only and 'cross' in args.parts.split(','):
         cross = stage_cross(scale, args.work, args.out, runs)
-    elif os.path.isdir(os.path.join(args.out, 'cross')):
-        for f in sorted(os.listdir(os.path.join(args.out, 'cross'))):
-            with open(os.path.join(args.out, 'cross', f)) as fh:
-                c = json.load(fh)
-            cross[c['arm']] = c
+    else:
+        cross = _read_results(os.path.join(args.out, 'cross'), 'arm')
+    if not os.path.isfile(experts_json):
+        sys.exit(f'error: {experts_json} is missing, so {args.out} holds no study to report '
+                 f'on; run the study without --report_only first (or point --out at one).')
     with open(experts_json) as f:
         experts = json.load(f)
     r10 = ' '.join(scale['run'][10])
