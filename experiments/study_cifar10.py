@@ -370,6 +370,11 @@ def _cross_cell(summary: dict, nets: int | None) -> str:
     return f'{statistics.mean(acc):.2f} +- {statistics.pstdev(acc):.2f}'
 
 
+def _networks(result: dict) -> str:
+    n = len(result['test'].get('all', []))
+    return 'networks not recorded' if not n else '1 network' if n == 1 else f'{n} networks'
+
+
 def _table2(runs: dict, stats: dict) -> list[str]:
     """The paper's Table 2 laid out as in the paper: experts down, start sampling across,
     with the paired difference and its interval (the 10-expert row is the main comparison)."""
@@ -449,15 +454,28 @@ def write_report(study: dict, out: str) -> str:
             sc = c['convnet_scores']['scores']
             lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
                          f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
-        lines += ['', f'Test accuracy (%) of the first {nets} network(s) of each architecture '
-                  '(mean +- std where there are several; network i is initialised and '
-                  'shuffled from `fold_in(key, i)`, so the first networks of a larger '
-                  'evaluation are the same networks); IOR and HLR in points of accuracy, LRS '
-                  'in percent, from 3 ConvNets (docs/evaluation.md). Seconds to train and '
-                  'test the networks of each architecture that were run:', '']
+        first = 'first network' if nets == 1 else f'first {nets} networks'
+        lines += ['', f'Test accuracy (%) of the {first} of each architecture (mean +- std '
+                  'where there are several; network i is initialised and shuffled from '
+                  '`fold_in(key, i)`, so the first networks of a larger evaluation are the same '
+                  'networks); IOR and HLR in points of accuracy, LRS in percent, from 3 '
+                  'ConvNets (docs/evaluation.md).']
+        spread = [(max(acc) - min(acc), a, arm, acc) for arm, c in cross.items()
+                  for a, r in c['architectures'].items()
+                  if len(acc := r['test'].get('all', [])) > 1]
+        if spread:
+            width, a, arm, acc = max(spread)
+            lines.append(f'How far one network can be from another: {len(acc)} {a} '
+                         f'networks trained on the set of {ARMS[arm][3]} span '
+                         f'{min(acc):.2f} to {max(acc):.2f} ({width:.1f} points), the widest '
+                         f'range among architectures evaluated with several networks; '
+                         f'differences between arms smaller than that, in one network, say '
+                         f'nothing.')
+        lines += ['', 'Seconds to train and test the networks of each architecture that were '
+                  'run:', '']
         for arm, c in cross.items():
             lines.append(f"- {ARMS[arm][3]}: " + ', '.join(
-                f"{a} {r['seconds']:.0f} s ({len(r['test'].get('all', [])) or '?'} networks)"
+                f"{a} {r['seconds']:.0f} s ({_networks(r)})"
                 for a in archs if (r := c['architectures'].get(a)) and 'seconds' in r))
     experts_s = study['experts'].get('train_seconds', study['experts'].get('wall_seconds', 0))
     runs_s = sum(r['wall_seconds'] for r in runs.values())
@@ -467,9 +485,15 @@ def write_report(study: dict, out: str) -> str:
               f"in all on the 2-core CPU (training the experts {experts_s / 60:.0f} min; runs "
               f"{runs_s / 3600:.1f} h; cross-architecture and scores {cross_s / 3600:.1f} h).",
               '']
-    missing = [name for name, arms in (('the main comparison', MAIN), ('ipc 1', IPC1),
-                                       ("the paper's Table 2", TABLE2))
-               if not any(r['arm'] in arms for r in runs.values())]
+    missing = []
+    for name, arms in (('the main comparison', MAIN), ('ipc 1', IPC1),
+                       ("the paper's Table 2", TABLE2)):
+        seeds = [sorted(r['seed'] for r in runs.values() if r['arm'] == a) for a in arms]
+        if not any(seeds):
+            missing.append(name)
+        elif study.get('seeds') and min(map(len, seeds)) < len(study['seeds']):
+            missing.append(f"{name} beyond seed(s) {', '.join(map(str, min(seeds, key=len)))}"
+                           f" for some of its arms")
     if not cross:
         missing.append('the cross-architecture evaluation')
     else:
@@ -586,7 +610,7 @@ def main(argv=None):
         experts = json.load(f)
     r10 = ' '.join(scale['run'][10])
     study = {'runs': runs, 'cross': cross, 'experts': experts,
-             'cross_nets': int(_flag(scale['cross'], 'num_eval')),
+             'cross_nets': int(_flag(scale['cross'], 'num_eval')), 'seeds': scale['seeds'],
              'scale_text': (f"`experiments/cifar10_local.cfg` ({args.scale} scale): width-32 "
                             f"ConvNet, 500 training images per class, 50 per class held out "
                             f"for validation; {experts['num_experts']} experts of "
