@@ -272,8 +272,7 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
         if os.path.isfile(path):
             with open(path) as f:
                 done = json.load(f)['commands'][0]
-            if ([x for x in done if not x.startswith('--num_eval=')] !=
-                    [x for x in scale['cross'] if not x.startswith('--num_eval=')] or
+            if (_set_flag(done, 'num_eval', 0) != _set_flag(scale['cross'], 'num_eval', 0) or
                     int(_flag(done, 'num_eval')) < int(_flag(scale['cross'], 'num_eval'))):
                 sys.exit(f'error: {path} was evaluated with `{" ".join(done)}`, not '
                          f'`{" ".join(scale["cross"])}`; move it away or use another --out.')
