@@ -20,13 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mct_jax.data import arrays, preprocess, splits
+
 KINDS = ('hard', 'teacher', 'learned')
 
 
-def logits(apply_fn, params, images, batch_size: int = 1000):
-    """[n, K] logits of ``apply_fn(params, .)`` on ``images``, in fixed-size chunks."""
-    images = jnp.asarray(images)
-    out = [apply_fn(params, images[i:i + batch_size])
+def logits(apply_fn, params, images, batch_size: int = 1000, prep=None):
+    """[n, K] logits of ``apply_fn(params, .)`` on ``images``, in fixed-size chunks; raw
+    (integer) images, in memory or not (:mod:`mct_jax.data.arrays`), are read and
+    preprocessed (``prep``) a chunk at a time."""
+    out = [apply_fn(params, preprocess.apply(prep, jnp.asarray(images[i:i + batch_size])))
            for i in range(0, images.shape[0], batch_size)]
     return jnp.concatenate(out)
 
@@ -36,26 +39,25 @@ def teacher(apply_fn, params, images, temperature: float = 1.0):
     return jax.nn.softmax(logits(apply_fn, params, images) / temperature, axis=-1)
 
 
-def correct_subset(key, apply_fn, params, x, y, num_classes: int, ipc: int):
+def correct_subset(key, apply_fn, params, x, y, num_classes: int, ipc: int, prep=None):
     """``ipc`` random training images of each class that the network classifies correctly:
-    ([num_classes * ipc, ...], labels), classes in order.
+    (network inputs [num_classes * ipc, ...], labels), classes in order. Raw images ``x``
+    are preprocessed with ``prep``.
 
     Raises ``ValueError`` naming the class when it has fewer than ``ipc`` such images.
     """
     y = np.asarray(y)
-    pred = np.asarray(jnp.argmax(logits(apply_fn, params, x), -1))
-    xs, ys = [], []
+    pred = np.asarray(jnp.argmax(logits(apply_fn, params, x, prep=prep), -1))
+    correct = pred == y
     for c in range(num_classes):
-        idx = np.flatnonzero((y == c) & (pred == c))
-        if len(idx) < ipc:
-            raise ValueError(f'The labelling expert classifies only {len(idx)} training images '
+        n = int(np.sum(correct & (y == c)))
+        if n < ipc:
+            raise ValueError(f'The labelling expert classifies only {n} training images '
                              f'of class {c} correctly, fewer than --ipc={ipc}; lower --ipc, '
                              'use more training images or a later --label_epoch.')
-        pick = np.asarray(jax.random.choice(jax.random.fold_in(key, c), len(idx), (ipc,),
-                                            replace=False))
-        xs.append(np.asarray(x)[idx[np.sort(pick)]])
-        ys.append(np.full(ipc, c, np.int32))
-    return np.concatenate(xs), np.concatenate(ys)
+    idx = splits.random_per_class_indices(key, y, num_classes, ipc, candidates=correct)
+    return (preprocess.apply_host(prep, arrays.take(x, idx)),
+            y[idx].astype(np.int32))
 
 
 def learned_init(apply_fn, expert_params: list, images, labels):

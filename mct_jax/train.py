@@ -1,8 +1,15 @@
-"""Training a network on real or synthetic images: losses, jitted SGD epochs, accuracy.
+"""Training a network on real or synthetic images: losses, SGD steps and epochs, accuracy.
 
 Shared by expert training (plain SGD on real data) and evaluation (SGD with momentum and
 weight decay on a synthetic set). A model's hand-written gradient (``Model.loss_grad``) is
-used where it has one.
+used where it has one. Images may be raw pixels (integer dtype) with their
+``Preprocessing`` (:mod:`mct_jax.data.preprocess`), which turns each batch into network
+inputs inside the program, or network inputs already (float).
+
+An epoch is planned by :func:`epoch_plan` (its shuffle and augmentation keys) and run as
+:func:`run_batches` over its batches: :func:`sgd_epoch` gathers them inside the program from
+images on the device; expert training hands them over from the host a group at a time
+(:mod:`mct_jax.expert`). Both compute the same parameters.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from mct_jax import augment
+from mct_jax.data import preprocess
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -59,19 +67,19 @@ def batch_indices(key, n: int, batch_size: int):
     return perm[:num_full * batch_size].reshape(num_full, batch_size), perm[num_full * batch_size:]
 
 
-def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransformation,
-              x, y, key, batch_size: int, use_dsa: bool = True, loss_grad=None):
-    """One epoch of minibatch SGD over (x, y), DSA on every batch.
+def epoch_plan(key, n: int, batch_size: int):
+    """An epoch over ``n`` images: ``(full, rest, keys)``, the :func:`batch_indices` of the
+    shuffle drawn from ``key`` and one augmentation key per batch ([len(full) + 1] keys, the
+    last for the smaller batch ``rest``). Traceable."""
+    k_perm, k_aug = jax.random.split(key)
+    full, rest = batch_indices(k_perm, n, min(batch_size, n))
+    return full, rest, jax.random.split(k_aug, full.shape[0] + 1)
 
-    Traceable (call it inside ``jit``/``vmap``); the full batches run as one ``lax.scan``
-    and a last smaller batch, if any, as one more step, so every image is seen once.
-    ``loss_grad`` (e.g. ``Model.loss_grad``, the ConvNet's hand-written gradient) replaces
-    ``jax.grad`` of the cross-entropy of ``apply_fn``: the same gradient, faster kernels.
 
-    Returns:
-      (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
-      augmented training batches, as the reference reports training accuracy.
-    """
+def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_grad=None):
+    """``step(carry, xb, yb) -> carry`` of minibatch SGD with ``tx``; ``carry`` is
+    ``(params, opt_state, num_correct)``, counting correct predictions on the training
+    batches as the reference reports training accuracy."""
     grad_fn = loss_grad or autodiff_loss_grad(apply_fn)
 
     def step(carry, xb, yb):
@@ -81,13 +89,53 @@ def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransforma
         params = optax.apply_updates(params, updates)
         hits = jnp.sum(jnp.argmax(logits, -1) == classes(yb), dtype=correct.dtype)
         return params, opt_state, correct + hits
-    return _epoch(step, (params, opt_state, jnp.zeros((), jnp.int32)), x, y, key, batch_size,
-                  use_dsa)
+    return step
+
+
+def sgd_carry(params, tx: optax.GradientTransformation):
+    """The initial ``carry`` of :func:`sgd_step`."""
+    return params, tx.init(params), jnp.zeros((), jnp.int32)
+
+
+def _batch(step, carry, xb, yb, key, prep, use_dsa: bool):
+    """One step on one batch: network inputs of ``xb``, augmented when ``use_dsa``."""
+    xb = preprocess.apply(prep, xb)
+    if use_dsa:
+        xb = augment.dsa(key, xb)
+    return step(carry, xb, yb)
+
+
+def run_batches(step, carry, xs, ys, keys, prep=None, use_dsa: bool = True):
+    """Runs ``step`` over batches stacked on a leading axis (``xs`` [K, B, H, W, C], ``ys``
+    [K, B], ``keys`` [K]) as one ``lax.scan``. Traceable."""
+    def body(carry, inputs):
+        xb, yb, k = inputs
+        return _batch(step, carry, xb, yb, k, prep, use_dsa), None
+    return jax.lax.scan(body, carry, (xs, ys, keys))[0]
+
+
+def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransformation,
+              x, y, key, batch_size: int, use_dsa: bool = True, loss_grad=None, prep=None):
+    """One epoch of minibatch SGD over (x, y), DSA on every batch.
+
+    Traceable (call it inside ``jit``/``vmap``); the full batches run as one ``lax.scan``
+    and a last smaller batch, if any, as one more step, so every image is seen once.
+    ``loss_grad`` (e.g. ``Model.loss_grad``, the ConvNet's hand-written gradient) replaces
+    ``jax.grad`` of the cross-entropy of ``apply_fn``: the same gradient, faster kernels.
+    ``prep`` preprocesses raw (integer) images batch by batch.
+
+    Returns:
+      (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
+      augmented training batches, as the reference reports training accuracy.
+    """
+    return _epoch(sgd_step(apply_fn, tx, loss_grad),
+                  (params, opt_state, jnp.zeros((), jnp.int32)), x, y, key, batch_size,
+                  use_dsa, prep)
 
 
 def sgd_epoch_with_stats(apply_stats, params, stats, opt_state,
                          tx: optax.GradientTransformation, x, y, key, batch_size: int,
-                         use_dsa: bool = True):
+                         use_dsa: bool = True, prep=None):
     """:func:`sgd_epoch` for a model with batch norm: ``apply_stats(params, stats, x,
     train=True) -> (logits, stats)`` normalises each batch with its own statistics and
     updates the running ones. Returns ``(params, stats, opt_state, num_correct)``."""
@@ -103,34 +151,29 @@ def sgd_epoch_with_stats(apply_stats, params, stats, opt_state,
         hits = jnp.sum(jnp.argmax(logits, -1) == classes(yb), dtype=correct.dtype)
         return params, stats, opt_state, correct + hits
     return _epoch(step, (params, stats, opt_state, jnp.zeros((), jnp.int32)), x, y, key,
-                  batch_size, use_dsa)
+                  batch_size, use_dsa, prep)
 
 
-def _epoch(step, carry, x, y, key, batch_size: int, use_dsa: bool):
-    """Runs ``step(carry, xb, yb) -> carry`` over one epoch's shuffled (and augmented)
-    minibatches: the full batches as one ``lax.scan``, a smaller last batch after it."""
-    n = x.shape[0]
-    k_perm, k_aug = jax.random.split(key)
-    full, rest = batch_indices(k_perm, n, min(batch_size, n))
+def _epoch(step, carry, x, y, key, batch_size: int, use_dsa: bool, prep=None):
+    """Runs ``step(carry, xb, yb) -> carry`` over one epoch of (x, y) on the device: the
+    :func:`epoch_plan`'s full batches as one ``lax.scan``, a smaller last batch after it."""
+    full, rest, keys = epoch_plan(key, x.shape[0], batch_size)
 
     def batch(carry, inputs):
         idx, k = inputs
-        xb, yb = x[idx], y[idx]
-        if use_dsa:
-            xb = augment.dsa(k, xb)
-        return step(carry, xb, yb), None
+        return _batch(step, carry, x[idx], y[idx], k, prep, use_dsa), None
 
-    keys = jax.random.split(k_aug, full.shape[0] + 1)
     carry, _ = jax.lax.scan(batch, carry, (full, keys[:-1]))
     if rest.shape[0]:
         carry, _ = batch(carry, (rest, keys[-1]))
     return carry
 
 
-def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
+def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000, prep=None):
     """Number of correctly classified images, evaluated in fixed-size chunks (traceable).
 
-    The last chunk is padded and masked so only one program is compiled.
+    The last chunk is padded and masked so only one program is compiled; ``prep``
+    preprocesses raw (integer) images chunk by chunk.
     """
     n = x.shape[0]
     b = min(batch_size, n)
@@ -140,7 +183,7 @@ def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
     yp = jnp.pad(y, (0, pad), constant_values=-1)  # -1 never matches a prediction
 
     def chunk(correct, i):
-        xb = jax.lax.dynamic_slice_in_dim(xp, i * b, b)
+        xb = preprocess.apply(prep, jax.lax.dynamic_slice_in_dim(xp, i * b, b))
         yb = jax.lax.dynamic_slice_in_dim(yp, i * b, b)
         return correct + jnp.sum(jnp.argmax(apply_fn(params, xb), -1) == yb), None
 
@@ -149,6 +192,6 @@ def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('batch_size',))
-def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000):
-    """Top-1 accuracy in [0, 1] of one network on (x, y)."""
-    return predict_correct(apply_fn, params, x, y, batch_size) / x.shape[0]
+def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000, prep=None):
+    """Top-1 accuracy in [0, 1] of one network on (x, y) (raw images through ``prep``)."""
+    return predict_correct(apply_fn, params, x, y, batch_size, prep) / x.shape[0]

@@ -150,3 +150,20 @@ def test_both_checkpoints_damaged_is_a_clear_error(experts, tmp_path):
     assert 'No earlier checkpoint is readable either' in proc.stderr
     assert 'Nothing was overwritten' in proc.stderr and 'Traceback' not in proc.stderr
     assert os.path.isfile(os.path.join(run, 'best.npz'))
+
+
+@pytest.mark.slow
+def test_expert_killed_within_an_epoch_resumes_there(experts, tmp_path):
+    """Saved after every group of batches (--expert_checkpoint_seconds=0) and killed in the
+    middle of epoch 2 of expert 0: the rerun continues from that group, bit for bit."""
+    folder = str(tmp_path / 'e')
+    _run('expert', f'--expert_dir={folder}', '--expert_checkpoint_seconds=0',
+         crash_at='expert_group:3')
+    proc = _run('expert', f'--expert_dir={folder}')
+    assert 'resuming after epoch 1 of 4 (epoch 2: 1 groups of batches done)' in proc.stderr
+    for i in range(2):
+        for part in ('state', 'full'):
+            a = checkpoint.load_tree(os.path.join(experts, f'expert_{i:04d}', part))
+            b = checkpoint.load_tree(os.path.join(folder, f'expert_{i:04d}', part))
+            for x, y in zip(_leaves(a), _leaves(b)):
+                np.testing.assert_array_equal(x, y)

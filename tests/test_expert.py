@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import assert_trees_close
 from mct_jax import checkpoint, data, expert, expert_store, models, trajectory
 
 K = 4
@@ -141,9 +142,8 @@ def test_mtt_needs_full_trajectory(tiny, tmp_path):
 
 def test_smoothed_anchors(tiny):
     ds, cfg, model = tiny
-    run = expert.train_expert(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                              jax.random.key(3), 4, [0, 2, 4], batch_size=64,
-                              smooth_anchors=True, keep_snapshots=True)
+    run = expert.train_expert(model, expert.RealData.of(ds), jax.random.key(3), 4, [0, 2, 4],
+                              batch_size=64, smooth_anchors=True, keep_snapshots=True)
     s = run.snapshots
     for i, (lo, hi) in [(1, (1, 3)), (2, (3, 4))]:
         want = jax.tree.map(lambda a, b: (a + b) / 2, s[lo], s[hi])
@@ -151,3 +151,56 @@ def test_smoothed_anchors(tiny):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(run.anchors[0]), jax.tree.leaves(s[0])):
         np.testing.assert_array_equal(a, b)
+
+
+def _real(ds):
+    return expert.RealData.of(ds)
+
+
+def test_streamed_epoch_equals_the_epoch_on_device_bit_for_bit(tiny):
+    """Raw images read from the host in groups and preprocessed per batch on the device give
+    the parameters of one jitted epoch over the float32 images preprocessed beforehand (how
+    experts were trained before), for any group size."""
+    ds, _, model = tiny
+    params = model.init(jax.random.key(1))
+    key = jax.random.key(2)
+    old = expert.make_epoch_fn(model.apply, 0.01, 32, model.loss_grad)
+    want, want_norms, want_correct = old(params, ds.prepare(ds.x_train), ds.y_train, key)
+    for group in (1, 2, 16):
+        trainer = expert.EpochTrainer(model, 0.01, 32, group=group)
+        got, norms, correct = trainer.epoch(params, _real(ds), key)
+        assert_trees_close(got, want, exact=True)
+        np.testing.assert_array_equal(norms, want_norms)
+        assert int(correct) == int(want_correct)
+
+
+def test_expert_resumes_within_an_epoch_bit_for_bit(tiny, tmp_path, monkeypatch):
+    ds, _, model = tiny
+    args = (model, _real(ds), jax.random.key(5), 3, [0, 3])
+    straight = expert.train_expert(*args, batch_size=32, keep_snapshots=True)
+
+    class Killed(Exception):
+        pass
+    calls = []
+
+    def crash(name):
+        calls.append(name)
+        if name == 'expert_group' and calls.count(name) == 7:   # epoch 2, after its 3rd group
+            raise Killed
+    monkeypatch.setattr(checkpoint, 'crash_point', crash)
+    progress = str(tmp_path / 'progress')
+    trainer = expert.EpochTrainer(model, 0.01, 32, group=2)
+    with pytest.raises(Killed):
+        expert.train_expert(*args, trainer=trainer, keep_snapshots=True, progress_dir=progress,
+                            checkpoint_seconds=0)
+    calls.clear()
+    monkeypatch.setattr(checkpoint, 'crash_point', calls.append)
+    resumed = expert.train_expert(*args, trainer=trainer, keep_snapshots=True,
+                                  progress_dir=progress, checkpoint_seconds=0)
+    # 4 groups an epoch (7 batches of 32, 2 per group): only epoch 2's last group and
+    # epoch 3 ran again.
+    assert calls.count('expert_group') == 1 + 4
+    for a, b in zip(straight.snapshots, resumed.snapshots):
+        assert_trees_close(a, b, exact=True)
+    np.testing.assert_array_equal(straight.step_norms, resumed.step_norms)
+    assert straight.test_acc == resumed.test_acc and straight.train_acc == resumed.train_acc

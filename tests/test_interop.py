@@ -148,30 +148,32 @@ def test_export_loads_in_torch_and_prepares_the_test_set_as_we_do(tmp_path, zca)
     soft = np.full((n, 10), 0.02, np.float32)
     soft[np.arange(n), labels] = 0.82
     for name, lab in (('hard', labels.astype(np.int32)), ('soft', soft)):
-        syn = {'images': ds.x_train[:n], 'labels': lab, 'lr': np.float32(0.0125),
+        syn = {'images': ds.prepare(ds.x_train[:n]), 'labels': lab, 'lr': np.float32(0.0125),
                'settings': {'dataset': 'digits'}}
         out = tmp_path / name
         prep = interop.export_set(syn, ds, str(out))
         images = torch.load(out / 'images.pt')
         got_labels = torch.load(out / 'labels.pt')
         assert images.shape == (n, 1, 16, 16) and images.dtype == torch.float32
-        np.testing.assert_array_equal(images.numpy(), ds.x_train[:n].transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(images.numpy(),
+                                      ds.prepare(ds.x_train[:n]).transpose(0, 3, 1, 2))
         np.testing.assert_array_equal(got_labels.numpy(), lab)
         assert got_labels.dtype == (torch.float32 if name == 'soft' else torch.int64)
         assert float(torch.load(out / 'lr.pt')) == pytest.approx(0.0125)
         assert prep == json.load(open(out / 'preprocessing.json'))
     # The test images prepared from raw pixels with what preprocessing.json says
-    _, _, raw, _, _ = data.load_raw('digits')
-    x = torch.tensor(raw.transpose(0, 3, 1, 2))          # [0, 1], NCHW
+    raw = data.load_raw('digits')
+    x = torch.tensor(raw.x_test.transpose(0, 3, 1, 2) / np.float32(raw.white))   # [0, 1]
+    test_inputs = ds.prepare(ds.x_test)
     if not zca:
         mean = torch.tensor(prep['mean'], dtype=torch.float32)[None, :, None, None]
         std = torch.tensor(prep['std'], dtype=torch.float32)[None, :, None, None]
         np.testing.assert_array_equal(((x - mean) / std).numpy(),
-                                      ds.x_test.transpose(0, 3, 1, 2))
+                                      test_inputs.transpose(0, 3, 1, 2))
     else:
         z = torch.load(tmp_path / 'soft' / prep['zca_file'])
         got = ((x.reshape(len(x), -1) - z['mean']) @ z['transform']).reshape(x.shape)
-        np.testing.assert_allclose(got.numpy(), ds.x_test.transpose(0, 3, 1, 2), rtol=1e-5,
+        np.testing.assert_allclose(got.numpy(), test_inputs.transpose(0, 3, 1, 2), rtol=1e-5,
                                    atol=1e-5)
 
 

@@ -30,14 +30,18 @@ def _is_command(name):
 
 
 def _imports(tree, modules, top_level_only=False):
-    """Package modules a tree imports (``from mct_jax import x`` counts as mct_jax.x)."""
+    """Package modules a tree imports (``from mct_jax import x`` counts as mct_jax.x, and as
+    mct_jax itself when x is not a module)."""
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f'{node.module}.{a.name}' for a in node.names]
+            # ``from package import submodule`` depends on the submodule; importing any
+            # other name depends on the package's __init__ itself.
+            subs = [f'{node.module}.{a.name}' for a in node.names]
+            names = subs + ([node.module] if any(n not in modules for n in subs) else [])
         else:
             continue
         found |= {n for n in names if n in modules}

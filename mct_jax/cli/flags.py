@@ -19,13 +19,21 @@ from mct_jax import data, distill, expert_store, models, rollout, trajectory
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum('dataset', 'digits', data.DATASETS,
-                  'Dataset. "digits" (scikit-learn 8x8 digits) works offline anywhere.')
+                  'Dataset. "digits" (scikit-learn 8x8 digits) works offline anywhere; '
+                  'imagenette ... imageyellow are MTT\'s 10-class ImageNet subsets at 128 px; '
+                  'imagenet64 is ImageNet-1K at 64 px (TESLA).')
 flags.DEFINE_enum('data_source', None, data.SOURCES,
                   'Where images come from: tfds (download on first use), npz (train.npz/'
-                  'test.npz in --data_dir), folder (tiny-imagenet-200 release), sklearn. '
-                  'Default: tfds for CIFAR, folder for Tiny ImageNet, sklearn for digits.')
+                  'test.npz in --data_dir), folder (the official release: tiny-imagenet-200, '
+                  'an ImageNet folder in the ILSVRC layout, the downsampled ImageNet npz '
+                  'files), prepared (written by python -m mct_jax.prepare), sklearn. '
+                  'Default: tfds for CIFAR, folder for Tiny ImageNet and ImageNet, sklearn '
+                  'for digits.')
 flags.DEFINE_string('data_dir', None, 'Folder of the data source (TFDS data_dir, npz folder, '
-                    'or the tiny-imagenet-200 folder).')
+                    'release folder, or prepared folder).')
+flags.DEFINE_string('data_cache', None, 'Where the folder source keeps the images it decodes '
+                    '(once, as memory-mapped uint8 arrays). Default ~/.cache/mct_jax/data, or '
+                    '$MCT_JAX_DATA_CACHE.')
 flags.DEFINE_integer('train_images_per_class', None,
                      'Keep only the first K training images of each class (small runs).')
 flags.DEFINE_integer('val_images_per_class', 0,
@@ -78,6 +86,9 @@ flags.DEFINE_string('import_buffers', None, "Instead of training, import the fie
                     'against the flags. Needs PyTorch.')
 flags.DEFINE_boolean('save_full_trajectory', False,
                      "Also store all K+1 snapshots (the MTT baseline's format).")
+flags.DEFINE_float('expert_checkpoint_seconds', 600, 'Within an epoch, save the running expert '
+                   'this often, so that a killed run resumes mid-epoch (it is always saved '
+                   'after each epoch); 0: after every group of 16 batches.')
 
 # ---- distillation (python -m mct_jax.distill)
 flags.DEFINE_enum('method', 'mct', ['mct', 'mtt'], 'mct: continuous starts on convexified '
@@ -211,7 +222,8 @@ def load_data() -> data.Dataset:
     """Loads the dataset the shared flags describe."""
     return data.load_dataset(FLAGS.dataset, FLAGS.data_source, FLAGS.data_dir,
                              FLAGS.train_images_per_class, FLAGS.zca,
-                             val_images_per_class=FLAGS.val_images_per_class)
+                             val_images_per_class=FLAGS.val_images_per_class,
+                             cache_dir=FLAGS.data_cache)
 
 
 def model_settings(ds: data.Dataset) -> dict:

@@ -49,7 +49,7 @@ def data_problems() -> list[str]:
     problems = []
     name, source, data_dir = FLAGS.dataset, FLAGS.data_source, FLAGS.data_dir
     try:
-        source = data._check_name_source(name, source)
+        source = data.check_name_source(name, source)
     except data.DataError as e:
         return [str(e)]
     if FLAGS.train_images_per_class is not None and FLAGS.train_images_per_class < 1:
@@ -71,11 +71,15 @@ def data_problems() -> list[str]:
             if missing:
                 problems.append(f'--data_dir={data_dir} has no {" or ".join(missing)}; write '
                                 'them with np.savez(file, x=images [N, H, W, C], y=labels [N]).')
-    elif source == 'folder':
+    elif source in ('folder', 'prepared'):
         try:
-            data._tiny_root(data_dir)
+            data.check_location(name, source, data_dir)
         except data.DataError as e:
             problems.append(str(e))
+    if FLAGS.zca and data.IMAGE_SIZE[name] ** 2 * data.CHANNELS[name] > data.zca.MAX_FEATURES:
+        problems.append(f'--zca on {name} ({data.IMAGE_SIZE[name]}x{data.IMAGE_SIZE[name]} '
+                        'images) would need a covariance matrix too large to fit; drop --zca '
+                        '(the reference whitens only the 32x32 datasets).')
     return problems
 
 

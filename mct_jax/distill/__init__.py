@@ -96,12 +96,14 @@ IMAGE_OPTIMIZERS = ('sgd', 'adam')
 
 # ----------------------------------------------------------------------------- pieces
 
-def init_synthetic(key, x_train, y_train, num_classes: int, ipc: int):
+def init_synthetic(key, ds: data.Dataset, ipc: int):
     """Real-image initialisation: ``ipc`` random training images per class.
 
-    Returns images [num_classes * ipc, H, W, C] (class-major) and labels [num_classes * ipc].
+    Returns network inputs [num_classes * ipc, H, W, C] (class-major) and labels
+    [num_classes * ipc].
     """
-    return evaluate.random_real_subset(key, x_train, y_train, num_classes, ipc)
+    images, labels = data.random_per_class(key, ds.x_train, ds.y_train, ds.num_classes, ipc)
+    return ds.prepare(images), labels
 
 
 def make_optimizer(lr_img: float, lr_lr: float, image_optimizer: str = 'sgd',
@@ -367,9 +369,7 @@ class Distiller:
                                                  use_dsa=s.dsa)
         self.key = jax.random.key(s.seed)
         # The splits each evaluated set is tested on; the first one chooses best.npz.
-        splits = {'test': (ds.x_test, ds.y_test)}
-        if ds.has_validation:
-            splits = {'validation': (ds.x_val, ds.y_val), **splits}
+        splits = ds.eval_splits(validation_first=True)
         self.selected_on = next(iter(splits))
         self.eval_sets = {k: (jnp.asarray(x), jnp.asarray(y)) for k, (x, y) in splits.items()}
 
@@ -383,7 +383,7 @@ class Distiller:
         # As parallel.make_meta_grad: the S rollouts share the budget.
         store, need = rollout.residual_plan(
             model, jax.eval_shape(model.init, jax.random.key(0)),
-            jax.ShapeDtypeStruct((local,) + tuple(self.ds.x_train.shape[1:]), jnp.float32),
+            jax.ShapeDtypeStruct((local,) + tuple(self.ds.image_shape), jnp.float32),
             jax.ShapeDtypeStruct((local,), jnp.int32),
             self.options._replace(residual_budget=self.options.residual_budget
                                   / s.num_samples))
@@ -409,14 +409,14 @@ class Distiller:
         key = jax.random.fold_in(self.key, 10**9)
         init = s.image_init or ('correct' if s.labels == 'learned' else 'real')
         if init == 'real':
-            images, labels = init_synthetic(key, ds.x_train, ds.y_train, ds.num_classes, s.ipc)
+            images, labels = init_synthetic(key, ds, s.ipc)
         elif init == 'noise':   # the MCT release's pix_init=noise: N(0, 1) pixels
             labels = np.repeat(np.arange(ds.num_classes, dtype=np.int32), s.ipc)
             images = jax.random.normal(key, (len(labels),) + tuple(ds.image_shape))
         else:
             images, labels = soft_labels.correct_subset(
                 key, self.model.apply, self._label_params()[s.label_expert], ds.x_train,
-                ds.y_train, ds.num_classes, s.ipc)
+                ds.y_train, ds.num_classes, s.ipc, ds.preprocessing)
         syn = {'images': jnp.asarray(images, jnp.float32), 'lr': jnp.float32(s.lr_teacher)}
         self.classes = np.asarray(labels)   # the class each image was drawn for (pictures)
         if s.labels == 'teacher':
@@ -491,7 +491,8 @@ class Distiller:
                                  syn['images'], rollout.targets(syn, labels), syn['lr'],
                                  tuple(self.eval_sets.values()),
                                  on_network=lambda i, a: (bar.update(acc=100 * a[0]),
-                                                          checkpoint.crash_point('evaluate')))
+                                                          checkpoint.crash_point('evaluate')),
+                                 prep=self.ds.preprocessing)
         return {name: evaluate.summarize(acc[:, j]) for j, name in enumerate(names)}
 
     def _evaluates_at(self, iteration: int) -> bool:

@@ -1,4 +1,4 @@
-"""The evaluation protocol (METHOD.md section 7).
+"""The evaluation protocol (``docs/method.md`` section 7).
 
 Train ``num_eval`` freshly initialised networks on a (synthetic) training set with SGD
 (lr = the learned student lr, momentum 0.9, weight decay 5e-4, batch 256, DSA, lr x0.1 at
@@ -25,16 +25,18 @@ from mct_jax import train
 
 def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: float = 0.9,
                          weight_decay: float = 5e-4, use_dsa: bool = True):
-    """``train_and_test(key, images, labels, lr, eval_sets) -> accuracies [len(eval_sets)]``.
+    """``train_and_test(key, images, labels, lr, eval_sets, prep=None) -> accuracies
+    [len(eval_sets)]``.
 
     Trains one network initialised from ``fold_in(key, 0)`` (epoch e shuffles and augments
     with ``fold_in(key, e + 1)``) and returns its accuracy in [0, 1] on each ``(x, y)`` of
-    ``eval_sets`` (e.g. the validation and the test images). A model with batch norm trains
-    with batch statistics and is tested with its running ones. Traceable: ``jit``,
-    ``lax.map`` or ``vmap`` it over keys; ``lr`` is traced, so a changing learned lr does not
-    recompile.
+    ``eval_sets`` (e.g. the validation and the test images). Raw (integer) images, the
+    training ones or the evaluation ones, become network inputs batch by batch through
+    ``prep`` (:mod:`mct_jax.data.preprocess`). A model with batch norm trains with batch
+    statistics and is tested with its running ones. Traceable: ``jit``, ``lax.map`` or
+    ``vmap`` it over keys; ``lr`` is traced, so a changing learned lr does not recompile.
     """
-    def train_and_test(k, images, labels, lr, eval_sets):
+    def train_and_test(k, images, labels, lr, eval_sets, prep=None):
         n = images.shape[0]
         steps_per_epoch = -(-n // min(batch_size, n))
         boundary = (epochs // 2) * steps_per_epoch
@@ -50,7 +52,7 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
                 p, s = carry
                 p, s, _ = train.sgd_epoch(model.apply, p, s, tx, images, labels,
                                           jax.random.fold_in(k, e + 1), batch_size, use_dsa,
-                                          model.loss_grad)
+                                          model.loss_grad, prep)
                 return (p, s), None
             (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)),
                                           jnp.arange(epochs))
@@ -60,12 +62,12 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
                 p, st, s = carry
                 p, st, s, _ = train.sgd_epoch_with_stats(
                     model.apply_stats, p, st, s, tx, images, labels,
-                    jax.random.fold_in(k, e + 1), batch_size, use_dsa)
+                    jax.random.fold_in(k, e + 1), batch_size, use_dsa, prep)
                 return (p, st, s), None
             (params, stats, _), _ = jax.lax.scan(
                 epoch, (params, model.init_stats(), tx.init(params)), jnp.arange(epochs))
             apply = lambda p, x: model.apply_stats(p, stats, x, False)[0]
-        return jnp.stack([train.predict_correct(apply, params, x, y) / x.shape[0]
+        return jnp.stack([train.predict_correct(apply, params, x, y, prep=prep) / x.shape[0]
                           for x, y in eval_sets])
     return train_and_test
 
@@ -77,7 +79,8 @@ def network_keys(key, num_nets: int):
 
 def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
                    momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True):
-    """Builds ``evaluate(key, images, labels, lr, eval_sets, on_network=None) -> acc``.
+    """Builds ``evaluate(key, images, labels, lr, eval_sets, on_network=None, prep=None)
+    -> acc``.
 
     ``acc`` is [num_nets, len(eval_sets)]; network i is trained from
     ``network_keys(key, num_nets)[i]`` by :func:`make_network_trainer`, one compiled
@@ -88,35 +91,15 @@ def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
                                        use_dsa))
     keys_of = jax.jit(network_keys, static_argnums=1)
 
-    def evaluate(key, images, labels, lr, eval_sets, on_network=None):
+    def evaluate(key, images, labels, lr, eval_sets, on_network=None, prep=None):
         keys, accs = keys_of(key, num_nets), []
         for i in range(num_nets):
-            accs.append(one(keys[i], images, labels, lr, tuple(eval_sets)))
+            accs.append(one(keys[i], images, labels, lr, tuple(eval_sets), prep))
             if on_network is not None:
                 on_network(i, [float(a) for a in accs[-1]])
         return jnp.stack(accs)
     evaluate.network = one   # the compiled per-network program
     return evaluate
-
-
-def random_real_subset(key, x, y, num_classes: int, ipc: int):
-    """``ipc`` random real images of each class: ([num_classes * ipc, ...], labels).
-
-    Classes appear in order (class 0's images first); raises ``ValueError`` if a class has
-    fewer than ``ipc`` images.
-    """
-    y = np.asarray(y)
-    xs, ys = [], []
-    for c in range(num_classes):
-        idx = np.flatnonzero(y == c)
-        if len(idx) < ipc:
-            raise ValueError(f'Class {c} has only {len(idx)} training images, fewer than '
-                             f'--ipc={ipc}; lower --ipc or raise --train_images_per_class.')
-        pick = np.asarray(jax.random.choice(jax.random.fold_in(key, c), len(idx), (ipc,),
-                                            replace=False))
-        xs.append(np.asarray(x)[idx[np.sort(pick)]])
-        ys.append(np.full(ipc, c, np.int32))
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def summarize(acc) -> dict:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mct_jax import evaluate, expert_store, interop, models, monitor
+from mct_jax import data, evaluate, expert_store, interop, models, monitor
 from mct_jax.cli import app, validate
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import report
@@ -42,16 +42,14 @@ def _inherit_from_set(path: str) -> None:
 def _one_model(ds, model, images, labels, lr, name, key) -> dict:
     """The protocol on one set with the flags' model: ``num_eval`` networks, their test
     accuracy (and validation accuracy when the data holds out a split)."""
-    splits = {'test': (ds.x_test, ds.y_test)}
-    if ds.has_validation:
-        splits['validation'] = (ds.x_val, ds.y_val)
-    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in splits.values())
+    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in ds.eval_splits().values())
     evaluator = evaluate.make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs,
                                         use_dsa=FLAGS.dsa)
     with monitor.Progress(FLAGS.num_eval, 'evaluate', unit='net', mode=FLAGS.progress) as bar:
         acc = evaluator(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
                         jnp.float32(lr), sets,
-                        on_network=lambda i, a: bar.update(acc=round(100 * a[0], 2)))
+                        on_network=lambda i, a: bar.update(acc=round(100 * a[0], 2)),
+                        prep=ds.preprocessing)
     s = evaluate.summarize(acc[:, 0])
     logging.info('%s: %.2f +- %.2f %% over %d networks (%d images, lr %.4g, %d epochs)',
                  name, s['mean'], s['std'], FLAGS.num_eval, len(images), lr, FLAGS.eval_epochs)
@@ -82,14 +80,13 @@ def _cross_architecture(ds, syn, key) -> dict:
     ``--report_dir``."""
     built, lrs = _architectures(ds, syn)
     recipe = report.Recipe(FLAGS.num_eval, FLAGS.eval_epochs, use_dsa=FLAGS.dsa)
-    splits = {'test': (ds.x_test, ds.y_test)}
-    if ds.has_validation:
-        splits['validation'] = (ds.x_val, ds.y_val)
+    splits = ds.eval_splits()
     total = len(built) * recipe.num_nets
     with monitor.Progress(total, 'architectures', unit='net', mode=FLAGS.progress) as bar:
         results = report.evaluate_models(
             built, syn['images'], syn['labels'], lrs, splits, recipe, jax.random.fold_in(key, 2),
-            on_network=lambda name, i, a: bar.update(model=name, acc=round(100 * a['test'], 2)))
+            on_network=lambda name, i, a: bar.update(model=name, acc=round(100 * a['test'], 2)),
+            prep=ds.preprocessing)
     for name, r in results.items():
         logging.info('%s: test %.2f +- %.2f %% over %d networks (lr %.4g, %.0f s)', name,
                      r['test']['mean'], r['test']['std'], recipe.num_nets, r['lr'],
@@ -152,18 +149,19 @@ def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
     network) or of the whole training set, trained with ``recipe``."""
     one_net = evaluate.make_evaluator(model, 1, recipe.epochs, recipe.batch_size,
                                       recipe.momentum, recipe.weight_decay, recipe.use_dsa)
-    test = ((jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)),)
+    test = ((jnp.asarray(data.arrays.materialize(ds.x_test)), jnp.asarray(ds.y_test)),)
     accs = []
     with monitor.Progress(recipe.num_nets, f'{kind} baseline', unit='net',
                           mode=FLAGS.progress) as bar:
         for i in range(recipe.num_nets):
             k = jax.random.fold_in(jax.random.fold_in(key, 3), i)
             if kind == 'random':
-                x, y = evaluate.random_real_subset(k, ds.x_train, ds.y_train, ds.num_classes,
-                                                   ipc)
+                x, y = data.random_per_class(k, ds.x_train, ds.y_train, ds.num_classes, ipc)
+                x = ds.prepare(x)
             else:
-                x, y = ds.x_train, ds.y_train
-            acc = float(one_net(k, jnp.asarray(x), jnp.asarray(y), jnp.float32(lr), test)[0, 0])
+                x, y = data.arrays.materialize(ds.x_train), ds.y_train
+            acc = float(one_net(k, jnp.asarray(x), jnp.asarray(y), jnp.float32(lr), test,
+                                prep=ds.preprocessing)[0, 0])
             accs.append(acc)
             bar.update(acc=round(100 * acc, 2))
     return dict(evaluate.summarize(accs), lr=float(lr), ipc=ipc if kind == 'random' else None,
@@ -199,11 +197,13 @@ def main(argv):
             return
         images, labels, lr, name = syn['images'], syn['labels'], float(syn['lr']), FLAGS.synthetic
     elif FLAGS.baseline == 'random':
-        images, labels = evaluate.random_real_subset(jax.random.fold_in(key, 1), ds.x_train,
-                                                     ds.y_train, ds.num_classes, FLAGS.ipc)
+        images, labels = data.random_per_class(jax.random.fold_in(key, 1), ds.x_train,
+                                               ds.y_train, ds.num_classes, FLAGS.ipc)
+        images = ds.prepare(images)
         lr, name = FLAGS.lr_teacher, f'random real, ipc {FLAGS.ipc}'
     else:
-        images, labels, lr, name = ds.x_train, ds.y_train, FLAGS.lr_teacher, 'full training set'
+        images, labels = data.arrays.materialize(ds.x_train), ds.y_train
+        lr, name = FLAGS.lr_teacher, 'full training set'
     print(json.dumps(_one_model(ds, model, images, labels, lr, name, key)))
 
 

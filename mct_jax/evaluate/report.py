@@ -36,7 +36,7 @@ from mct_jax.evaluate import make_evaluator, summarize
 
 
 class Recipe(NamedTuple):
-    """How evaluation networks are trained (METHOD.md section 7)."""
+    """How evaluation networks are trained (``docs/method.md`` section 7)."""
     num_nets: int = 5
     epochs: int = 300
     batch_size: int = 256
@@ -57,7 +57,7 @@ def scores(synthetic: float, random: float, full: float, weight: float = 0.5) ->
 
 
 def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, recipe: Recipe,
-                    key, on_network: Callable | None = None) -> dict:
+                    key, on_network: Callable | None = None, prep=None) -> dict:
     """Trains ``recipe.num_nets`` networks of each architecture on (images, labels).
 
     Args:
@@ -67,6 +67,7 @@ def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, re
         tested on after training.
       key: network i of every architecture starts from ``network_keys(key, n)[i]``.
       on_network: ``on_network(name, i, {split: accuracy})`` after each network.
+      prep: the preprocessing of raw (integer) images (:mod:`mct_jax.data.preprocess`).
     Returns:
       name -> ``{split: summary (mean, std, all, in percent), 'lr': ..., 'seconds': ...}``.
     """
@@ -81,7 +82,7 @@ def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, re
         if on_network is not None:
             notify = lambda i, a, name=name: on_network(name, i, dict(zip(splits, a)))
         acc = np.asarray(evaluate(key, jnp.asarray(images), jnp.asarray(labels),
-                                  jnp.float32(lrs[name]), sets, on_network=notify))
+                                  jnp.float32(lrs[name]), sets, on_network=notify, prep=prep))
         out[name] = {split: summarize(acc[:, j]) for j, split in enumerate(splits)}
         out[name].update(lr=float(lrs[name]), seconds=time.time() - start)
     return out

@@ -1,7 +1,9 @@
 """Expert trajectories: train networks on real data and record them the MCT way.
 
 :func:`train_experts` trains ``num_experts`` networks from fresh random inits with plain SGD
-(lr 0.01, no momentum, batch 256, DSA on every batch) for K epochs (METHOD.md section 2).
+(lr 0.01, no momentum, batch 256, DSA on every batch) for K epochs (``docs/method.md``,
+section 2), reading the real images from the host a group of batches at a time
+(:class:`EpochTrainer`), so that memory follows the batch and not the dataset.
 During training it keeps only the previous epoch's parameters and accumulates per-leaf step
 norms (the d_l(t) of eq. 9); each finished expert is written by
 :func:`mct_jax.expert_store.save_expert`. Re-running skips complete experts and resumes an
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +31,85 @@ from mct_jax.expert_store import (CONFIG_FILE, ExpertRun, check_config, expert_p
                                   is_complete, save_expert, write_expert_outputs)
 
 
+# Batches handed to the device per call: enough work per call to hide the dispatch and the
+# host's reading of the next group, little memory (16 CIFAR batches of 256 are 12 MB).
+GROUP = 16
+
+
 def _to_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def make_epoch_fn(apply_fn, lr: float, batch_size: int, loss_grad=None):
-    """Jitted plain-SGD epoch: ``(params, x, y, key) -> (params, step_norms [L], correct)``.
+class RealData(NamedTuple):
+    """The real images an expert trains and is tested on: raw pixels (any image array of
+    :mod:`mct_jax.data.arrays`) and the preprocessing that makes each batch network input
+    on the device."""
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    prep: data.Preprocessing | None = None
 
-    ``loss_grad``: the model's hand-written gradient (``Model.loss_grad``), if it has one.
+    @classmethod
+    def of(cls, ds: data.Dataset) -> 'RealData':
+        return cls(ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.preprocessing)
+
+
+class EpochTrainer:
+    """Plain-SGD epochs on real images that stay on the host (``docs/method.md`` section 2:
+    lr 0.01, no momentum, batch 256, DSA on every batch).
+
+    An epoch is planned as :func:`mct_jax.train.epoch_plan` plans it and runs as groups of
+    ``group`` batches: the host reads each group's rows (:func:`mct_jax.data.batches.
+    read_ahead`, one group ahead), the device preprocesses and trains on them in one call
+    (:func:`mct_jax.train.run_batches`). Device memory therefore follows the group, not the
+    dataset, and the parameters equal those of :func:`mct_jax.train.sgd_epoch` over the
+    same images on the device.
     """
+
+    def __init__(self, model, lr: float, batch_size: int, group: int = GROUP):
+        self.model, self.batch_size, self.group = model, batch_size, group
+        self.tx = optax.sgd(lr)
+        step = train.sgd_step(model.apply, self.tx, model.loss_grad)
+        self._plan = jax.jit(train.epoch_plan, static_argnums=(1, 2))
+        self._run = jax.jit(lambda carry, xs, ys, keys, prep: train.run_batches(
+            step, carry, xs, ys, keys, prep))
+        self._norms = jax.jit(trajectory.leaf_norms)
+
+    def groups(self, key, n: int) -> tuple[list, list]:
+        """An epoch's groups of batch indices ([K, B] host arrays, the smaller last batch
+        as a group of its own) and their augmentation keys ([K] device keys)."""
+        full, rest, keys = self._plan(key, n, self.batch_size)
+        full, rest = np.asarray(full), np.asarray(rest)
+        starts = range(0, len(full), self.group)
+        index = [full[i:i + self.group] for i in starts]
+        key_groups = [keys[i:min(i + self.group, len(full))] for i in starts]
+        if len(rest):
+            index.append(rest[None])
+            key_groups.append(keys[-1:])
+        return index, key_groups
+
+    def epoch(self, params, real: RealData, key, resume=None, on_group=None):
+        """One epoch from ``params``: ``(params, step_norms [L], num_correct)``.
+
+        ``resume``: ``(groups_done, carry)`` of an epoch interrupted after that many groups
+        (the state ``on_group(groups_done, carry)`` was called with), to finish it.
+        """
+        index, keys = self.groups(key, len(real.y_train))
+        done, carry = resume or (0, train.sgd_carry(params, self.tx))
+        reader = data.batches.read_ahead(real.x_train, real.y_train, index[done:])
+        for g, (xs, ys) in enumerate(reader, done + 1):
+            carry = self._run(carry, xs, ys, keys[g - 1], real.prep)
+            if on_group is not None:
+                on_group(g, carry)
+        new, _, correct = carry
+        return new, self._norms(new, params), correct
+
+
+def make_epoch_fn(apply_fn, lr: float, batch_size: int, loss_grad=None):
+    """Jitted plain-SGD epoch over images on the device: ``(params, x, y, key) -> (params,
+    step_norms [L], correct)`` (:func:`mct_jax.train.sgd_epoch`; raw images need
+    :class:`EpochTrainer`, which also keeps them on the host)."""
     tx = optax.sgd(lr)
 
     @jax.jit
@@ -60,104 +132,136 @@ def _npz_to_tree(path: str, like):
 
 
 def _save_progress(folder: str, t: int, params, norms, train_acc, test_acc, anchors,
-                   before_anchor) -> None:
-    """The running state after epoch t, so a killed expert resumes at epoch t + 1.
+                   before_anchor, within=None) -> None:
+    """The running state after epoch t, so a killed expert resumes at epoch t + 1; with
+    ``within = (groups_done, carry)`` also how far epoch t + 1 got.
 
     A transient NumPy archive (written atomically, removed when the expert is saved): any
     process of a multi-process run can write it, which Orbax's collective saves do not allow.
     """
-    arrays = {'epoch': np.int64(t), 'norms': np.stack(norms).astype(np.float32),
+    arrays = {'epoch': np.int64(t), 'norms': np.stack(norms).astype(np.float32)
+              if norms else np.zeros((0, len(jax.tree.leaves(params))), np.float32),
               'train_acc': np.asarray(train_acc, np.float64),
               'test_acc': np.asarray(test_acc, np.float64)}
-    for prefix, tree in [('params', params)] + [(f'anchor{a}', v) for a, v in anchors.items()] \
-            + [(f'before{a}', v) for a, v in before_anchor.items()]:
+    trees = [('params', params)] + [(f'anchor{a}', v) for a, v in anchors.items()] \
+        + [(f'before{a}', v) for a, v in before_anchor.items()]
+    if within is not None:
+        groups, carry = within
+        arrays['within_groups'] = np.int64(groups)
+        trees.append(('within', carry))
+    for prefix, tree in trees:
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f'{prefix}_{i:03d}'] = np.asarray(leaf)
     os.makedirs(folder, exist_ok=True)
     checkpoint.write_npz(os.path.join(folder, 'state.npz'), **arrays)
 
 
-def _load_progress(folder: str, like_params):
-    """(t, params, norms, train_acc, test_acc, anchors, before_anchor) or None."""
+def _load_progress(folder: str, like_params, like_carry):
+    """(t, params, norms, train_acc, test_acc, anchors, before_anchor, within) or None;
+    ``within`` is (groups_done, carry) of epoch t + 1 when it was interrupted mid-way."""
     path = os.path.join(folder, 'state.npz')
     if not os.path.isfile(path):
         return None
-    treedef = jax.tree.structure(like_params)
-    num = treedef.num_leaves
     try:
         with np.load(path) as z:
             st = {k: z[k] for k in z.files}
-        trees = {}
-        for key in st:
-            prefix, _, i = key.rpartition('_')
-            if prefix and i.isdigit() and len(i) == 3:
-                trees.setdefault(prefix, []).append(key)
-        as_tree = lambda prefix: jax.tree.unflatten(
-            treedef, [st[f'{prefix}_{i:03d}'] for i in range(num)])
-        anchors = {int(p[6:]): as_tree(p) for p in trees if p.startswith('anchor')}
-        before = {int(p[6:]): as_tree(p) for p in trees if p.startswith('before')}
-        return (int(st['epoch']), as_tree('params'), list(st['norms']),
+
+        def as_tree(prefix, like):
+            treedef = jax.tree.structure(like)
+            return jax.tree.unflatten(treedef, [st[f'{prefix}_{i:03d}']
+                                                for i in range(treedef.num_leaves)])
+        prefixes = {key.rpartition('_')[0] for key in st
+                    if key.rpartition('_')[2].isdigit() and len(key.rpartition('_')[2]) == 3}
+        anchors = {int(p[6:]): as_tree(p, like_params) for p in prefixes
+                   if p.startswith('anchor')}
+        before = {int(p[6:]): as_tree(p, like_params) for p in prefixes
+                  if p.startswith('before')}
+        within = None
+        if 'within_groups' in st:
+            within = (int(st['within_groups']), as_tree('within', like_carry))
+        return (int(st['epoch']), as_tree('params', like_params), list(st['norms']),
                 [float(a) for a in st['train_acc']], [float(a) for a in st['test_acc']],
-                anchors, before)
+                anchors, before, within)
     except Exception as e:  # a damaged file: start the expert again
         logging.warning('Ignoring an unreadable in-progress expert state %s (%s); the expert '
                         'restarts from epoch 0.', path, e)
         return None
 
 
-def train_expert(model, x_train, y_train, x_test, y_test, key, num_epochs: int,
-                 anchor_epochs: Sequence[int], lr: float = 0.01, batch_size: int = 256,
+def train_expert(model, real: RealData, key, num_epochs: int, anchor_epochs: Sequence[int], *,
+                 trainer: EpochTrainer | None = None, lr: float = 0.01, batch_size: int = 256,
                  smooth_anchors: bool = False, keep_snapshots: bool = False,
-                 epoch_fn=None, log_prefix: str = '', progress_dir: str | None = None,
-                 on_epoch=None) -> ExpertRun:
+                 progress_dir: str | None = None, checkpoint_seconds: float = 600.0,
+                 on_epoch=None, log_prefix: str = '') -> ExpertRun:
     """Trains one expert, recording step norms and anchors without keeping past epochs.
 
     Args:
       model: a :class:`mct_jax.models.Model`.
-      x_train, y_train, x_test, y_test: device or NumPy arrays.
+      real: the real images (:class:`RealData`).
       key: the expert's PRNG key (init from ``fold_in(key, 0)``; epoch t uses
         ``fold_in(key, t)``).
       num_epochs: K.
       anchor_epochs: where to keep models, increasing from 0 to K.
+      trainer: a shared :class:`EpochTrainer` (avoids recompiling per expert); else one is
+        made with ``lr`` and ``batch_size``.
       smooth_anchors: the MCT authors' variant: an interior anchor a is replaced by
         mean(theta(a-1), theta(a+1)) and the last by mean(theta(K-1), theta(K)).
       keep_snapshots: also return all K+1 snapshots (the MTT format).
-      epoch_fn: a cached :func:`make_epoch_fn` (avoids recompiling per expert).
-      progress_dir: if given, the running state is saved there after every epoch and a
-        state found there is resumed (bit-identical to an uninterrupted run: epoch t only
-        depends on the parameters after epoch t - 1 and on ``fold_in(key, t)``).
+      progress_dir: if given, the running state is saved there after every epoch, and
+        within an epoch every ``checkpoint_seconds`` (0: after every group of batches); a
+        state found there is resumed. Resuming is bit-identical to an uninterrupted run:
+        epoch t depends only on the parameters after epoch t - 1 and on ``fold_in(key, t)``,
+        and a group only on the state after the group before.
       on_epoch: called as ``on_epoch(t, train_acc, test_acc)`` after each epoch.
     """
     anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
-    epoch_fn = epoch_fn or make_epoch_fn(model.apply, lr, batch_size, model.loss_grad)
+    trainer = trainer or EpochTrainer(model, lr, batch_size)
+    x_test, y_test = jnp.asarray(data.arrays.materialize(real.x_test)), jnp.asarray(real.y_test)
+    test = lambda params: float(train.accuracy(model.apply, params, x_test, y_test,
+                                               prep=real.prep))
     params = model.init(jax.random.fold_in(key, 0))
     anchors: dict[int, Any] = {0: _to_numpy(params)}
     before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it
     norms, train_acc = [], []
-    test_acc = [float(train.accuracy(model.apply, params, x_test, y_test))]
-    done = 0
+    test_acc = [test(params)]
+    done, within = 0, None
     in_memory = [_to_numpy(params)] if keep_snapshots and not progress_dir else None
     snap_path = lambda t: os.path.join(progress_dir, 'snapshots', f'epoch_{t:04d}.npz')
     if progress_dir:
-        saved = _load_progress(progress_dir, params)
+        saved = _load_progress(progress_dir, params, train.sgd_carry(params, trainer.tx))
         if saved and keep_snapshots and not all(os.path.isfile(snap_path(t))
                                                 for t in range(saved[0] + 1)):
             logging.warning('%sin-progress snapshots are incomplete; restarting the expert.',
                             log_prefix)
             saved = None
         if saved:
-            done, params, norms, train_acc, test_acc, anchors, before_anchor = saved
+            done, params, norms, train_acc, test_acc, anchors, before_anchor, within = saved
             params = jax.tree.map(jnp.asarray, params)
-            logging.info('%sresuming after epoch %d of %d', log_prefix, done, num_epochs)
+            logging.info('%sresuming after epoch %d of %d%s', log_prefix, done, num_epochs,
+                         f' (epoch {done + 1}: {within[0]} groups of batches done)'
+                         if within else '')
         elif keep_snapshots:
             os.makedirs(os.path.dirname(snap_path(0)), exist_ok=True)
             _leaves_to_npz(snap_path(0), params)
     for t in range(done + 1, num_epochs + 1):
         prev = params
-        params, step_norm, correct = epoch_fn(params, x_train, y_train, jax.random.fold_in(key, t))
+        last_save = [time.time()]
+
+        def on_group(g, carry, t=t, prev=prev, last_save=last_save):
+            if progress_dir and time.time() - last_save[0] >= checkpoint_seconds:
+                _save_progress(progress_dir, t - 1, prev, norms, train_acc, test_acc, anchors,
+                               before_anchor, within=(g, carry))
+                last_save[0] = time.time()
+                checkpoint.crash_point('expert_group')
+        resume = None
+        if within is not None:
+            resume = (within[0], jax.tree.map(jnp.asarray, within[1]))
+            within = None
+        params, step_norm, correct = trainer.epoch(params, real, jax.random.fold_in(key, t),
+                                                   resume, on_group)
         norms.append(np.asarray(step_norm))
-        train_acc.append(float(correct) / x_train.shape[0])
-        test_acc.append(float(train.accuracy(model.apply, params, x_test, y_test)))
+        train_acc.append(float(correct) / len(real.y_train))
+        test_acc.append(test(params))
         if smooth_anchors:
             if t + 1 in anchor_epochs[1:-1]:
                 before_anchor[t + 1] = _to_numpy(params)
@@ -225,7 +329,7 @@ def _unpackage(p: dict, config: dict) -> ExpertRun:
 def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   progress: str = 'auto', tensorboard: bool = True,
-                  pictures: bool = True) -> list[int]:
+                  pictures: bool = True, checkpoint_seconds: float = 600.0) -> list[int]:
     """Trains the missing experts of ``expert_dir`` that belong to this process.
 
     Expert i is trained by process ``i % process_count``; complete experts are skipped, and
@@ -255,10 +359,8 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
         rounds = len(todo)
     if not rounds:
         return []
-    x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-    epoch_fn = make_epoch_fn(model.apply, config['lr_teacher'], config['batch_train'],
-                             model.loss_grad)
+    real = RealData.of(ds)
+    trainer = EpochTrainer(model, config['lr_teacher'], config['batch_train'])
     base = jax.random.key(seed)
     k = config['train_epochs']
     bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)
@@ -266,7 +368,7 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     def save(i, run, seconds):
         folder = expert_path(expert_dir, i)
         save_expert(folder, run, {'index': i, 'seed': seed, 'seconds': seconds,
-                                  'images_per_second': k * x_train.shape[0] / seconds})
+                                  'images_per_second': k * len(real.y_train) / seconds})
         if pictures:
             write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
 
@@ -290,13 +392,13 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
                         writer.scalars(t, {'train_accuracy': train_acc,
                                            'test_accuracy': test_acc})
 
-                run = train_expert(model, x_train, y_train, x_test, y_test,
-                                   jax.random.fold_in(base, i), k, config['anchors'],
+                run = train_expert(model, real, jax.random.fold_in(base, i), k,
+                                   config['anchors'], trainer=trainer,
                                    smooth_anchors=config['smooth_anchors'],
                                    keep_snapshots=config['save_full_trajectory'],
-                                   epoch_fn=epoch_fn, log_prefix=f'expert {i}: ',
                                    progress_dir=os.path.join(folder, 'progress'),
-                                   on_epoch=on_epoch)
+                                   checkpoint_seconds=checkpoint_seconds,
+                                   on_epoch=on_epoch, log_prefix=f'expert {i}: ')
                 seconds = time.time() - start
                 if writer:
                     writer.close()

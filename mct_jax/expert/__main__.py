@@ -68,7 +68,8 @@ def main(argv):
     expert.train_experts(models.from_config(config), ds, cli_flags.expert_dir(), config,
                          FLAGS.num_experts, FLAGS.seed, jax.process_index(),
                          jax.process_count(), progress=FLAGS.progress,
-                         tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures)
+                         tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures,
+                         checkpoint_seconds=FLAGS.expert_checkpoint_seconds)
 
 
 def run():
