@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mct_jax import train
 from mct_jax.data import arrays, preprocess, splits
 
 KINDS = ('hard', 'teacher', 'learned')
 
 
-def logits(apply_fn, params, images, batch_size: int = 1000, prep=None):
+def logits(apply_fn, params, images, batch_size: int = train.PREDICT_BATCH, prep=None):
     """[n, K] logits of ``apply_fn(params, .)`` on ``images``, in fixed-size chunks; raw
     (integer) images, in memory or not (:mod:`mct_jax.data.arrays`), are read and
     preprocessed (``prep``) a chunk at a time."""

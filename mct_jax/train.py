@@ -26,6 +26,11 @@ from mct_jax.data import preprocess
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
+# Images per forward pass when predicting: half the training batch, so that testing needs
+# less memory than a training step (temporaries at width 128, CIFAR: 2.4 GB for chunks of
+# 1,000 images, 0.64 GB for 256, 0.33 GB for 128; docs/benchmarks.md).
+PREDICT_BATCH = 128
+
 
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy; logits [B, K], integer labels [B] or target
@@ -169,7 +174,7 @@ def _epoch(step, carry, x, y, key, batch_size: int, use_dsa: bool, prep=None):
     return carry
 
 
-def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000, prep=None):
+def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = PREDICT_BATCH, prep=None):
     """Number of correctly classified images, evaluated in fixed-size chunks (traceable).
 
     The last chunk is padded and masked so only one program is compiled; ``prep``
@@ -192,6 +197,6 @@ def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000, pre
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('batch_size',))
-def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 1000, prep=None):
+def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = PREDICT_BATCH, prep=None):
     """Top-1 accuracy in [0, 1] of one network on (x, y) (raw images through ``prep``)."""
     return predict_correct(apply_fn, params, x, y, batch_size, prep) / x.shape[0]

@@ -76,9 +76,22 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
         jax.distributed.initialize()
 
 
-def run(main) -> None:
+def add_xla_flags(flags) -> None:
+    """Adds XLA flags to ``XLA_FLAGS`` (before JAX starts its backends), each unless the
+    user's environment sets that flag already."""
+    current = os.environ.get('XLA_FLAGS', '')
+    names = {f.split('=')[0] for f in current.split()}
+    extra = [f for f in flags if f.split('=')[0] not in names]
+    if extra:
+        os.environ['XLA_FLAGS'] = ' '.join([current] + extra).strip()
+
+
+def run(main, xla_flags=()) -> None:
     """``app.run(main)``, printing ``error: <message>`` and exiting with status 2 on a user
-    error (bad flag values, missing or corrupt files, numerical faults)."""
+    error (bad flag values, missing or corrupt files, numerical faults). ``xla_flags`` are
+    the command's XLA settings (:func:`add_xla_flags`)."""
+    add_xla_flags(xla_flags)
+
     def wrapped(argv):
         if len(argv) > 1:
             raise app.UsageError(f'Unexpected arguments {argv[1:]}; all settings are --flags.')

@@ -371,7 +371,8 @@ class Distiller:
         # The splits each evaluated set is tested on; the first one chooses best.npz.
         splits = ds.eval_splits(validation_first=True)
         self.selected_on = next(iter(splits))
-        self.eval_sets = {k: (jnp.asarray(x), jnp.asarray(y)) for k, (x, y) in splits.items()}
+        # device_put, not jnp.asarray: the latter keeps a second host copy of the images.
+        self.eval_sets = {k: (jax.device_put(x), jax.device_put(y)) for k, (x, y) in splits.items()}
 
     def _residual_plan(self, num_devices: int) -> str:
         """Whether the forward method stores each student step's residuals (faster) or

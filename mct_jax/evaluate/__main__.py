@@ -42,11 +42,11 @@ def _inherit_from_set(path: str) -> None:
 def _one_model(ds, model, images, labels, lr, name, key) -> dict:
     """The protocol on one set with the flags' model: ``num_eval`` networks, their test
     accuracy (and validation accuracy when the data holds out a split)."""
-    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in ds.eval_splits().values())
+    sets = tuple((jax.device_put(x), jax.device_put(y)) for x, y in ds.eval_splits().values())
     evaluator = evaluate.make_evaluator(model, FLAGS.num_eval, FLAGS.eval_epochs,
                                         use_dsa=FLAGS.dsa)
     with monitor.Progress(FLAGS.num_eval, 'evaluate', unit='net', mode=FLAGS.progress) as bar:
-        acc = evaluator(jax.random.fold_in(key, 2), jnp.asarray(images), jnp.asarray(labels),
+        acc = evaluator(jax.random.fold_in(key, 2), jax.device_put(images), jax.device_put(labels),
                         jnp.float32(lr), sets,
                         on_network=lambda i, a: bar.update(acc=round(100 * a[0], 2)),
                         prep=ds.preprocessing)
@@ -149,7 +149,7 @@ def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
     network) or of the whole training set, trained with ``recipe``."""
     one_net = evaluate.make_evaluator(model, 1, recipe.epochs, recipe.batch_size,
                                       recipe.momentum, recipe.weight_decay, recipe.use_dsa)
-    test = ((jnp.asarray(data.arrays.materialize(ds.x_test)), jnp.asarray(ds.y_test)),)
+    test = ((jax.device_put(data.arrays.materialize(ds.x_test)), jax.device_put(ds.y_test)),)
     accs = []
     with monitor.Progress(recipe.num_nets, f'{kind} baseline', unit='net',
                           mode=FLAGS.progress) as bar:
@@ -160,7 +160,7 @@ def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
                 x = ds.prepare(x)
             else:
                 x, y = data.arrays.materialize(ds.x_train), ds.y_train
-            acc = float(one_net(k, jnp.asarray(x), jnp.asarray(y), jnp.float32(lr), test,
+            acc = float(one_net(k, jax.device_put(x), jax.device_put(y), jnp.float32(lr), test,
                                 prep=ds.preprocessing)[0, 0])
             accs.append(acc)
             bar.update(acc=round(100 * acc, 2))

@@ -28,6 +28,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -72,7 +73,7 @@ def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, re
       name -> ``{split: summary (mean, std, all, in percent), 'lr': ..., 'seconds': ...}``.
     """
     splits = list(eval_sets)
-    sets = tuple((jnp.asarray(x), jnp.asarray(y)) for x, y in eval_sets.values())
+    sets = tuple((jax.device_put(x), jax.device_put(y)) for x, y in eval_sets.values())
     out = {}
     for name, model in models.items():
         evaluate = make_evaluator(model, recipe.num_nets, recipe.epochs, recipe.batch_size,
@@ -81,7 +82,7 @@ def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, re
         notify = None
         if on_network is not None:
             notify = lambda i, a, name=name: on_network(name, i, dict(zip(splits, a)))
-        acc = np.asarray(evaluate(key, jnp.asarray(images), jnp.asarray(labels),
+        acc = np.asarray(evaluate(key, jax.device_put(images), jax.device_put(labels),
                                   jnp.float32(lrs[name]), sets, on_network=notify, prep=prep))
         out[name] = {split: summarize(acc[:, j]) for j, split in enumerate(splits)}
         out[name].update(lr=float(lrs[name]), seconds=time.time() - start)

@@ -26,7 +26,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mct_jax import checkpoint, data, monitor, train, trajectory
+from mct_jax import checkpoint, data, host, monitor, train, trajectory
 from mct_jax.expert_store import (CONFIG_FILE, ExpertRun, check_config, expert_path,
                                   is_complete, save_expert, write_expert_outputs)
 
@@ -75,6 +75,22 @@ class EpochTrainer:
         self._run = jax.jit(lambda carry, xs, ys, keys, prep: train.run_batches(
             step, carry, xs, ys, keys, prep))
         self._norms = jax.jit(trajectory.leaf_norms)
+        self._correct = jax.jit(lambda params, xs, ys, prep: train.predict_correct(
+            model.apply, params, xs, ys, prep=prep))
+
+    def accuracy(self, params, x, y, prep=None) -> float:
+        """Top-1 accuracy on images ``x`` that stay on the host (read ``group`` prediction
+        batches at a time, as training reads them)."""
+        n, chunk = len(y), train.PREDICT_BATCH * self.group
+        index = [np.arange(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+        counts = []
+        for xs, ys in data.batches.read_ahead(x, y, index):
+            counts.append(self._correct(params, xs, ys, prep))
+            if len(counts) > 1:
+                jax.block_until_ready(counts[-2])   # as in epoch(): one group queued
+        correct = int(sum(int(c) for c in counts))
+        host.release_freed_memory()   # the prediction's buffers, before training resumes
+        return correct / n
 
     def groups(self, key, n: int) -> tuple[list, list]:
         """An epoch's groups of batch indices ([K, B] host arrays, the smaller last batch
@@ -99,7 +115,15 @@ class EpochTrainer:
         done, carry = resume or (0, train.sgd_carry(params, self.tx))
         reader = data.batches.read_ahead(real.x_train, real.y_train, index[done:])
         for g, (xs, ys) in enumerate(reader, done + 1):
+            previous = carry
             carry = self._run(carry, xs, ys, keys[g - 1], real.prep)
+            # Dispatch is asynchronous: without this wait the loop would queue every group
+            # of the epoch, each holding its images, and memory would follow the dataset.
+            # Waiting for the group before keeps one group running and one queued.
+            jax.block_until_ready(previous)
+            # The buffers of the finished group (and, after the first, of compiling) go
+            # back to the system, so that the heap does not grow from group to group.
+            host.release_freed_memory()
             if on_group is not None:
                 on_group(g, carry)
         new, _, correct = carry
@@ -216,9 +240,7 @@ def train_expert(model, real: RealData, key, num_epochs: int, anchor_epochs: Seq
     """
     anchor_epochs = trajectory.check_anchor_epochs(anchor_epochs, num_epochs)
     trainer = trainer or EpochTrainer(model, lr, batch_size)
-    x_test, y_test = jnp.asarray(data.arrays.materialize(real.x_test)), jnp.asarray(real.y_test)
-    test = lambda params: float(train.accuracy(model.apply, params, x_test, y_test,
-                                               prep=real.prep))
+    test = lambda params: trainer.accuracy(params, real.x_test, real.y_test, real.prep)
     params = model.init(jax.random.fold_in(key, 0))
     anchors: dict[int, Any] = {0: _to_numpy(params)}
     before_anchor: dict[int, Any] = {}   # theta(a-1), kept only while smoothing needs it

@@ -72,9 +72,15 @@ def main(argv):
                          checkpoint_seconds=FLAGS.expert_checkpoint_seconds)
 
 
+# XLA:CPU's concurrency-optimised scheduler keeps more feature maps alive at once so that
+# independent operations may overlap; for the expert training step it bought no speed and
+# cost 100 MB at width 128 (docs/benchmarks.md). Other backends ignore the flag.
+XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
+
+
 def run():
     """Console script ``mct-expert``."""
-    app.run(main)
+    app.run(main, XLA_FLAGS)
 
 
 if __name__ == '__main__':

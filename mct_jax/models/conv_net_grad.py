@@ -79,16 +79,21 @@ def _conv3x3_weight_grad(x, dy):
     One matrix product per window offset (i, j), contracting over batch and space:
     ``dW[i, j] = x^T @ shift(dy)``, where ``shift`` takes the window of the zero-padded dy at
     offset (2 - i, 2 - j) (the same sums as ``shift(x)^T @ dy`` with x's window at (i, j)).
-    Shifting dy rather than x reads x in one transposed layout for all nine offsets. For few
-    input channels: one im2col product.
+    Shifting dy rather than x reads x in one transposed layout for all nine offsets. The
+    three rows of offsets run one after the other (``lax.map``), so that three shifted
+    copies of dy exist at a time rather than nine. For few input channels: one im2col
+    product.
     """
     b, h, w, c = x.shape
     if c <= IM2COL_MAX_CHANNELS:
         return jnp.einsum('bhwk,bhwo->ko', im2col(x), dy).reshape(3, 3, c, dy.shape[-1])
     dp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    taps = [jnp.einsum('bhwc,bhwo->co', x, dp[:, 2 - i:2 - i + h, 2 - j:2 - j + w])
-            for i in range(3) for j in range(3)]
-    return jnp.stack(taps).reshape(3, 3, c, dy.shape[-1])
+
+    def row(i):
+        rows = lax.dynamic_slice_in_dim(dp, 2 - i, h, axis=1)
+        return jnp.stack([jnp.einsum('bhwc,bhwo->co', x, rows[:, :, 2 - j:2 - j + w])
+                          for j in range(3)])
+    return lax.map(row, jnp.arange(3)).reshape(3, 3, c, dy.shape[-1])
 
 
 _ACT_GRADS = {  # derivative of each activation given its input z and output a
