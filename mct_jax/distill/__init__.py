@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import time
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mct_jax import checkpoint, data, evaluate, monitor, parallel, rollout, trajectory
+from mct_jax import checkpoint, data, evaluate, host, monitor, parallel, rollout, trajectory
 from mct_jax import labels as soft_labels
 from mct_jax.run_folder import RunFolder
 
@@ -462,19 +461,6 @@ class Distiller:
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
         return (syn, labels, stack(starts), stack(targets), jnp.stack(keys)), samples
 
-    def compile_ahead(self, syn, labels, iteration: int):
-        """Starts compiling the meta-gradient for ``iteration`` on a background thread (the
-        first iteration's tracing and compilation then overlap the evaluation before it);
-        returns the thread. Errors are left to the real call, which raises them again."""
-        def work():
-            try:
-                self.meta_grad.compile_ahead(*self._meta_grad_args(syn, labels, iteration)[0])
-            except Exception as e:   # noqa: BLE001 -- the real call reports it
-                logging.debug('compiling ahead failed: %r', e)
-        thread = threading.Thread(target=work, name='compile-ahead', daemon=True)
-        thread.start()
-        return thread
-
     def step(self, syn, opt_state, labels, iteration: int):
         """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
         args, samples = self._meta_grad_args(syn, labels, iteration)
@@ -494,6 +480,7 @@ class Distiller:
                                  on_network=lambda i, a: (bar.update(acc=100 * a[0]),
                                                           checkpoint.crash_point('evaluate')),
                                  prep=self.ds.preprocessing)
+        host.release_freed_memory()   # the evaluation's buffers, before distilling resumes
         return {name: evaluate.summarize(acc[:, j]) for j, name in enumerate(names)}
 
     def _evaluates_at(self, iteration: int) -> bool:
@@ -531,8 +518,9 @@ class Distiller:
                          folder.best)
         folder.open(first if restored else None)
         bar = monitor.Progress(s.iterations, 'distill', initial=first, mode=self.progress)
-        ahead = (self.compile_ahead(syn, labels, first)
-                 if first < s.iterations and not restored else None)
+        # The meta-gradient compiles at the first iteration, after the first evaluation
+        # rather than beside it: two compilations at once would double the peak memory of
+        # compiling (docs/benchmarks.md).
         result, last_acc = {}, None
         try:
             for it in range(first, s.iterations + 1):
@@ -552,12 +540,11 @@ class Distiller:
                               'selected_on': self.selected_on, 'lr': lr}
                 if it == s.iterations:
                     break
-                if ahead is not None:
-                    ahead.join()
-                    ahead = None
                 t0 = time.time()
                 syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
                 seconds = time.time() - t0
+                if it == first:
+                    host.release_freed_memory()   # what compiling the meta-gradient left
                 checkpoint.crash_point('iteration')
                 lr = float(syn['lr'])
                 record = {'iteration': it, 'loss': loss, 'lr': lr,
@@ -573,8 +560,6 @@ class Distiller:
                     stats['acc'] = round(last_acc, 2)
                 bar.update(**stats)
         finally:
-            if ahead is not None:   # the run stopped before its first iteration
-                ahead.join()
             bar.close()
             folder.close()
         return result
