@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from mct_jax import data
 
 TINY = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth=3',
         '--num_experts=2', '--train_epochs=3', '--batch_train=32', '--save_full_trajectory',
@@ -223,6 +224,8 @@ def test_presets_cover_every_dataset_and_ipc():
         for ipc in (1, 10, 50):
             assert f'{ds}_ipc{ipc}.cfg' in PRESETS
     assert len([p for p in PRESETS if p.endswith('_mct_authors.cfg')]) == 3
+    for ds in data.IMAGENET_SUBSETS + ('imagenet64',):   # MTT's subsets, TESLA's ImageNet-1K
+        assert f'{ds}_ipc1.cfg' in PRESETS
     for ds in ('cifar10', 'cifar100', 'tiny'):   # the paper's waypoints and DATM's settings
         for ipc in (1, 10, 50):
             assert {f'{ds}_ipc{ipc}_mct_paper.cfg', f'{ds}_ipc{ipc}_datm.cfg'} <= set(PRESETS)
@@ -238,7 +241,7 @@ def test_presets_parse_and_validate(preset, preset_results):
     text = open(os.path.join(REPO, 'experiments', preset)).read()
     assert text.startswith('#') and '\n# Follows: ' in text.split('\n--')[0]
     assert f'python -m mct_jax.distill --flagfile=experiments/{preset}' in text
-    if preset.startswith(('cifar10_ipc', 'cifar100', 'tiny')):
+    if preset.startswith(('cifar10_ipc', 'cifar100', 'tiny', 'image')):
         assert 'Published ConvNet accuracy' in text and 'Needs:' in text
 
 

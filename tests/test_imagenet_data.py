@@ -164,3 +164,33 @@ def test_bad_downsampled_files_name_the_problem(tmp_path):
 def test_zca_refused_for_large_images():
     with pytest.raises(DataError, match='drop --zca'):
         data.fit_zca(np.zeros((2, 128, 128, 3), np.uint8))
+
+
+@pytest.mark.slow
+def test_subset_runs_through_the_commands(tmp_path):
+    """An ImageNet subset at 128x128 with ConvNetD5, end to end through the real commands,
+    from a generated ILSVRC folder (the first command fills the data cache, the next read
+    it)."""
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    root = _ilsvrc(tmp_path / 'imagenet', NETTE, train_per_class=3)
+    common = ['--dataset=imagenette', '--data_source=folder', f'--data_dir={root}',
+              f'--data_cache={tmp_path / "cache"}', '--width=8', '--depth=5',
+              f'--expert_dir={tmp_path / "experts"}', '--progress=none', '--pictures=false',
+              '--tensorboard=false', '--compilation_cache=']
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    for module, extra in (('expert', ['--num_experts=1', '--train_epochs=2',
+                                      '--batch_train=10']),
+                          ('distill', ['--ipc=1', '--syn_steps=2', '--expert_epochs=1',
+                                       '--max_start_epoch=1', '--iterations=2',
+                                       '--eval_every=2', '--num_eval=1', '--eval_epochs=2',
+                                       f'--out_dir={tmp_path / "run"}'])):
+        proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *common, *extra],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['iteration'] == 2
+    with np.load(tmp_path / 'run' / 'best.npz') as z:
+        assert z['images'].shape == (10, 128, 128, 3)

@@ -15,6 +15,11 @@ from mct_jax.models import conv_net, conv_net_grad
     ((32, 32, 3), 10, 3, 320_010),    # CIFAR-10
     ((32, 32, 3), 100, 3, 504_420),   # CIFAR-100
     ((64, 64, 3), 200, 4, 857_160),   # Tiny ImageNet, ConvNetD4
+    # MTT's ImageNet subsets, ConvNetD5: conv 3,584 + 4 x 147,584 + 5 norms x 256 +
+    # dense (4 * 4 * 128) * 10 + 10
+    ((128, 128, 3), 10, 5, 3_584 + 4 * 147_584 + 5 * 256 + 20_490),
+    # ImageNet-1K at 64 px (TESLA), ConvNetD4: dense 2,048 * 1,000 + 1,000
+    ((64, 64, 3), 1000, 4, 3_584 + 3 * 147_584 + 4 * 256 + 2_049_000),
 ])
 def test_exact_parameter_counts(shape, classes, depth, expected):
     params = jax.eval_shape(lambda k: conv_net.init(k, shape, classes, 128, depth),
