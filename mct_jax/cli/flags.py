@@ -31,6 +31,10 @@ flags.DEFINE_enum('data_source', None, data.SOURCES,
                   'for digits.')
 flags.DEFINE_string('data_dir', None, 'Folder of the data source (TFDS data_dir, npz folder, '
                     'release folder, or prepared folder).')
+flags.DEFINE_string('source_path', None, 'python -m mct_jax.prepare: the downloaded files to '
+                    'convert (cifar-10-python.tar.gz, cifar-100-python.tar.gz, '
+                    'tiny-imagenet-200.zip, an ImageNet folder, the downsampled ImageNet npz '
+                    'files, or their extracted folders); --data_dir is the folder it writes.')
 flags.DEFINE_string('data_cache', None, 'Where the folder source keeps the images it decodes '
                     '(once, as memory-mapped uint8 arrays). Default ~/.cache/mct_jax/data, or '
                     '$MCT_JAX_DATA_CACHE.')

@@ -25,7 +25,13 @@ class Subset:
         return len(self.index)
 
     def __getitem__(self, rows):
+        if np.ndim(rows) == 0 and not isinstance(rows, slice):
+            return take(self.base, self.index[[rows]])[0]
         return take(self.base, self.index[rows])
+
+    def __array__(self, dtype=None, copy=None):
+        out = take(self.base, self.index)
+        return out if dtype is None else out.astype(dtype)
 
 
 class TfdsImages:
@@ -38,6 +44,10 @@ class TfdsImages:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(self.shape[0])]
+        return out if dtype is None else out.astype(dtype)
 
     def __getitem__(self, rows):
         keys = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows)

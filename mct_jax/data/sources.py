@@ -128,10 +128,12 @@ def _read_npz(path: Path):
                             'from plain NumPy arrays.') from e
 
 
-def check_split(path, x, y, name, names=None):
+def check_split(path, x, y, name, names=None, num_classes=None):
     """Validates one split's images ``x`` and labels ``y`` for dataset ``name``; returns
-    (x, y as int32, class_names or None). ``path`` names the files in messages."""
-    channels, num_classes = catalog.CHANNELS[name], catalog.NUM_CLASSES[name]
+    (x, y as int32, class_names or None). ``path`` names the files in messages;
+    ``num_classes`` overrides the catalog's (a folder source's class list decides it)."""
+    channels = catalog.CHANNELS[name]
+    num_classes = num_classes or catalog.NUM_CLASSES[name]
     if len(x.shape) != 4:
         raise DataError(f'{path}: x has shape {x.shape} (rank {len(x.shape)}); expected rank '
                         '4, [N, H, W, C] (NHWC) images. Add the channel axis or transpose.')
@@ -207,9 +209,9 @@ def load_prepared(name, data_dir, cache_dir) -> Raw:
     if set(splits) != set(store.SPLITS):
         raise DataError(f'{folder} holds the splits {", ".join(splits)}; a dataset needs '
                         f'{" and ".join(store.SPLITS)}. Prepare it again.')
-    checked = [check_split(folder / f'{s}_images.npy', *splits[s], name, meta['class_names'])
-               for s in store.SPLITS]
-    return _pair(folder, name, checked)
+    checked = [check_split(folder / f'{s}_images.npy', *splits[s], name, meta['class_names'],
+                           len(meta['class_names'])) for s in store.SPLITS]
+    return _pair(folder, name, checked)._replace(white=meta.get('white', 255.0))
 
 
 # ------------------------------------------------------------------------------ tfds

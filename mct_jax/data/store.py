@@ -3,7 +3,9 @@
 ::
 
     FOLDER/
-      dataset.json         what the folder holds (written last: its presence means complete)
+      dataset.json         what the folder holds: dataset, image shape, class names, split
+                           sizes, the raw value of white (255; 16 for digits), the files it
+                           came from (written last: its presence means complete)
       train_images.npy     uint8 [N, H, W, C]
       train_labels.npy     int32 [N]
       test_images.npy      uint8 [M, H, W, C]
@@ -99,12 +101,12 @@ class Writer:
     """
 
     def __init__(self, folder, *, dataset: str, image_shape, class_names, origin: str,
-                 fingerprint: str = ''):
+                 fingerprint: str = '', white: float = 255.0):
         self.folder = Path(folder).expanduser().absolute()
         self.meta = {'format': FORMAT, 'version': VERSION, 'dataset': dataset,
                      'image_shape': [int(v) for v in image_shape],
                      'class_names': [str(c) for c in class_names], 'splits': {},
-                     'origin': origin, 'fingerprint': fingerprint}
+                     'white': float(white), 'origin': origin, 'fingerprint': fingerprint}
         self.tmp: Path | None = None
         self._arrays: dict = {}
 

@@ -102,9 +102,11 @@ def class_names(release: Path, wnids) -> tuple:
     return tuple(words.get(w, w) for w in wnids)
 
 
-def write(folder, release: Path, listing) -> None:
-    """Decodes the release listed by :func:`index` into a prepared folder."""
-    wnids, train, val, fingerprint = listing
+def write(folder, release: Path, listing, fingerprint: str | None = None) -> None:
+    """Decodes the release listed by :func:`index` into a prepared folder (recording
+    ``fingerprint``, by default the listing's)."""
+    wnids, train, val, listed = listing
+    fingerprint = fingerprint or listed
     size = decode.decode(train[0][0]).shape[0]   # 64 in the release
     with store.Writer(folder, dataset='tiny_imagenet', image_shape=(size, size, 3),
                       class_names=class_names(release, wnids), origin=str(release),
