@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,8 @@ REPO = os.path.dirname(HERE)
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from mct_jax import host
+    return host.peak_resident_mb()
 
 
 def _inputs(width, ipc, seed=0):
@@ -385,7 +385,7 @@ def _save(path, matmul, rows, args):
                        'gradient, residuals stored within the default --residual_budget_gb=4), '
                        'forward_remat = with --remat (each step recomputed), reverse = '
                        '--meta_grad=reverse, reverse_remat = with --remat',
-                  args={k: v for k, v in args.items() if k != 'child'}, rows=rows)
+                  args={k: v for k, v in args.items() if k not in ('child', 'out')}, rows=rows)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
         json.dump(result, f, indent=1)

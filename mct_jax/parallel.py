@@ -82,10 +82,10 @@ def make_meta_grad(model: Model, options: rollout.RolloutOptions, devices=None):
         return jax.tree.map(lambda a: jax.device_put(a[0], local[0]), out)
     meta_grad.trace_count = lambda: traces[0]  # tests check that nothing recompiles
 
-    def compile_ahead(syn, labels, theta_start, theta_target, keys):
-        """Traces and compiles for these arguments without running; a later call with
-        arguments of the same shapes and placement then starts at once. Safe to run on a
-        thread while other work executes."""
-        mapped.lower(syn, labels, theta_start, theta_target, keys, device_ids).compile()
-    meta_grad.compile_ahead = compile_ahead
+    def trace_ahead(syn, labels, theta_start, theta_target, keys):
+        """Traces and lowers for these arguments without compiling: the Python-bound part
+        of a first call, which a later call reuses. Safe to run on a thread beside other
+        work, and light on memory (no XLA compilation)."""
+        mapped.lower(syn, labels, theta_start, theta_target, keys, device_ids)
+    meta_grad.trace_ahead = trace_ahead
     return meta_grad

@@ -176,10 +176,10 @@ def test_devices_give_the_same_update(method, hand):
 
 
 @SLOW
-def test_compile_ahead_is_reused_by_the_call():
-    """Compiling ahead (what the first iteration does on a thread during the evaluation
+def test_trace_ahead_is_reused_by_the_call():
+    """Tracing ahead (what the first iteration does on a thread during the evaluation
     before it) traces once, and the later call reuses it and gives the same result as a
-    meta-gradient that was not compiled ahead."""
+    meta-gradient that was not traced ahead."""
     m, start, target, images, labels = _setup()
     batch = lambda t: jax.tree.map(lambda a: a[None], t)
     args = (syn_of(images, jnp.float32(0.05)), labels, batch(start), batch(target),
@@ -187,7 +187,7 @@ def test_compile_ahead_is_reused_by_the_call():
     student, options = m._replace(stored_hvp=None), RolloutOptions(3, 8, True)
     ahead = parallel.make_meta_grad(student, options, jax.local_devices()[:2])
     plain = parallel.make_meta_grad(student, options, jax.local_devices()[:2])
-    ahead.compile_ahead(*args)
+    ahead.trace_ahead(*args)
     assert ahead.trace_count() == 1
     got, want = ahead(*args), plain(*args)
     assert ahead.trace_count() == 1

@@ -1,5 +1,5 @@
 """Distillation by trajectory matching: MCT (convexified trajectories, continuous starts) and
-MTT (full trajectories, integer starts), METHOD.md section 4.
+MTT (full trajectories, integer starts), docs/method.md section 4.
 
 The synthetic set is a pytree ``{'images': [n, H, W, C], 'lr': []}`` updated by SGD with
 momentum 0.5 (``lr_img`` and ``lr_lr``). Each iteration of :meth:`Distiller.run`:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from typing import NamedTuple
 
@@ -461,6 +462,20 @@ class Distiller:
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
         return (syn, labels, stack(starts), stack(targets), jnp.stack(keys)), samples
 
+    def trace_ahead(self, syn, labels, iteration: int):
+        """Traces the meta-gradient for ``iteration`` on a background thread, so that the
+        first iteration's tracing overlaps the evaluation before it; returns the thread. It
+        does not compile: two compilations at once would double the peak memory of
+        compiling. Errors are left to the real call, which raises them again."""
+        def work():
+            try:
+                self.meta_grad.trace_ahead(*self._meta_grad_args(syn, labels, iteration)[0])
+            except Exception as e:   # noqa: BLE001 -- the real call reports it
+                logging.debug('tracing ahead failed: %r', e)
+        thread = threading.Thread(target=work, name='trace-ahead', daemon=True)
+        thread.start()
+        return thread
+
     def step(self, syn, opt_state, labels, iteration: int):
         """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
         args, samples = self._meta_grad_args(syn, labels, iteration)
@@ -518,9 +533,10 @@ class Distiller:
                          folder.best)
         folder.open(first if restored else None)
         bar = monitor.Progress(s.iterations, 'distill', initial=first, mode=self.progress)
-        # The meta-gradient compiles at the first iteration, after the first evaluation
-        # rather than beside it: two compilations at once would double the peak memory of
-        # compiling (docs/benchmarks.md).
+        # The meta-gradient is traced beside the first evaluation and compiled after it
+        # (docs/benchmarks.md, start-up).
+        ahead = (self.trace_ahead(syn, labels, first)
+                 if first < s.iterations and not restored else None)
         result, last_acc = {}, None
         try:
             for it in range(first, s.iterations + 1):
@@ -540,6 +556,9 @@ class Distiller:
                               'selected_on': self.selected_on, 'lr': lr}
                 if it == s.iterations:
                     break
+                if ahead is not None:
+                    ahead.join()
+                    ahead = None
                 t0 = time.time()
                 syn, opt_state, loss, fault, samples = self.step(syn, opt_state, labels, it)
                 seconds = time.time() - t0
@@ -560,6 +579,8 @@ class Distiller:
                     stats['acc'] = round(last_acc, 2)
                 bar.update(**stats)
         finally:
+            if ahead is not None:   # the run stopped before its first iteration
+                ahead.join()
             bar.close()
             folder.close()
         return result

@@ -1,0 +1,351 @@
+"""Benchmark: memory and speed at real dataset sizes, against the PyTorch reference.
+
+    python benchmarks/bench_data_scale.py --cifar10_dir=PATH   # folder with train.npz/test.npz
+
+Every measurement runs in a child process of its own, whose peak resident memory is the
+kernel's (``ru_maxrss``); the parent also samples the child's anonymous and file-backed
+pages (``/proc/PID/status``) every 50 ms, to tell the program's own memory from the
+memory-mapped images the page cache lends it. The kernel's peak of a child also counts the
+parent that started it, so the parent stays small: it imports neither JAX nor the library
+and generates the datasets in children too (its own peak is recorded as
+``launcher_peak_mb``). Rows:
+
+* **expert training** (plain SGD, batch 256, DSA, width 128), ours and the PyTorch
+  reference style (``torch_expert.py``: the float32 training split in memory, as MTT's
+  ``buffer.py``) on the same data, back to back: images per second over the timed batches
+  and peak memory. Datasets: full CIFAR-10 (real, depth 3); Tiny ImageNet's shape (100,000
+  generated 64x64 images, 200 classes, depth 4); an ImageNet subset's shape (13,000
+  generated 128x128 images, 10 classes, depth 5). Generated images are random pixels in
+  the prepared (memory-mapped) format: speed and memory do not depend on the content.
+* **growth with the dataset**: ours at ImageNet-1K's shape (64x64, 1,000 classes, depth 4)
+  on 25,000 / 50,000 / 100,000 generated images, the peak's growth per image fitted and
+  extrapolated to ImageNet-1K's 1,281,167 images.
+* **the commands**, cold unless said (no compilation cache): expert training on full CIFAR-10 at width
+  128 (one epoch and its test accuracy); distillation at CIFAR-10 500 per class, width 32,
+  ipc 1, N 20 (the setting measured side by side with the MCT authors' code), cold and
+  with a warm compilation cache; evaluation of its 10-image set (5 networks, 100 epochs).
+
+Prints a Markdown table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+IMAGENET_1K = 1_281_167
+
+
+def _status(pid: int) -> dict:
+    out = {}
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            if key in ('VmRSS', 'RssAnon', 'RssFile'):
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def run_child(cmd, env=None, timeout=3600) -> dict:
+    """Runs ``cmd``; returns its last stdout line as JSON (if any) with its peak resident
+    memory as the kernel counted it (``ru_maxrss`` from ``wait4``) and the peaks of its
+    anonymous and file-backed pages as sampled every 50 ms (MB)."""
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err,
+                                env=dict(os.environ, **(env or {})))
+        peaks = {'VmRSS': 0.0, 'RssAnon': 0.0, 'RssFile': 0.0}
+        start = time.time()
+        status = None
+        while status is None:
+            try:
+                for k, v in _status(proc.pid).items():
+                    peaks[k] = max(peaks[k], v)
+            except (OSError, ValueError):
+                pass
+            pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                status = code
+            elif time.time() - start > timeout:
+                proc.kill()
+                raise RuntimeError(f'{cmd} took more than {timeout} s')
+            else:
+                time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f'{cmd} failed:\n{stderr[-3000:]}')
+    lines = [line for line in stdout.strip().splitlines() if line.startswith('{')]
+    result = json.loads(lines[-1]) if lines else {}
+    result.update(peak_rss_mb=usage.ru_maxrss / 1024, sampled_rss_mb=peaks['VmRSS'],
+                  peak_anon_mb=peaks['RssAnon'], peak_file_mb=peaks['RssFile'],
+                  wall_seconds=time.time() - start)
+    return result
+
+
+# ---------------------------------------------------------------------- the children
+
+def _own_peak_mb() -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def child_expert(args) -> None:
+    """Ours: expert training batches on a dataset, timed after a warm-up group."""
+    import jax
+    from mct_jax import data, expert, host, models
+    ds = data.load_dataset(args.dataset, args.source, args.data_dir)
+    model = models.convnet(ds.image_shape, ds.num_classes, args.width, args.depth)
+    trainer = expert.EpochTrainer(model, 0.01, 256, group=args.group)
+    params = model.init(jax.random.key(0))
+    real = expert.RealData.of(ds)
+    groups = 1 + -(-args.batches // args.group)
+    marks = []
+
+    class Stop(Exception):
+        pass
+
+    def on_group(g, carry):
+        jax.block_until_ready(carry)
+        marks.append(time.perf_counter())
+        if g == groups:
+            raise Stop
+    try:
+        trainer.epoch(params, real, jax.random.key(1), on_group=on_group)
+    except Stop:
+        pass
+    timed = (len(marks) - 1) * args.group * 256
+    seconds = marks[-1] - marks[0]
+    print(json.dumps({'images_per_second': timed / seconds, 'seconds': seconds,
+                      'images': int(len(ds.y_train)), 'peak_mb': host.peak_resident_mb()}))
+
+
+def make_dataset(folder, name, count, size, classes, seed=0):
+    """A prepared folder of ``count`` random uint8 images (test split: 1,000)."""
+    import numpy as np
+    from mct_jax.data import store
+    rng = np.random.default_rng(seed)
+    with store.Writer(folder, dataset=name, image_shape=(size, size, 3),
+                      class_names=[str(c) for c in range(classes)], origin='generated') as w:
+        for split, n in (('train', count), ('test', 1000)):
+            images = w.images(split, n)
+            for start in range(0, n, 4096):
+                stop = min(n, start + 4096)
+                images[start:stop] = rng.integers(0, 256, (stop - start, size, size, 3),
+                                                  dtype=np.uint8)
+            w.labels(split, np.arange(n) % classes)
+    return folder
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--cifar10_dir', default=None, help='real CIFAR-10: train.npz and test.npz')
+    p.add_argument('--work', default=None, help='scratch folder (default: a temporary one)')
+    p.add_argument('--rows', default='expert,growth,distill',
+                   help='which rows to measure; the others are kept from --out if it exists')
+    p.add_argument('--no_torch', action='store_true')
+    p.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_data_scale.json'))
+    p.add_argument('--child', default=None, help=argparse.SUPPRESS)
+    for name, default in (('dataset', 'cifar10'), ('source', 'npz'), ('data_dir', None)):
+        p.add_argument(f'--{name}', default=default, help=argparse.SUPPRESS)
+    for name, default in (('width', 128), ('depth', 3), ('batches', 24), ('group', 16)):
+        p.add_argument(f'--{name}', type=int, default=default, help=argparse.SUPPRESS)
+    p.add_argument('--table', action='store_true',
+                   help='only print the tables of the results file --out')
+    p.add_argument('--count', type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument('--size', type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument('--classes', type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child == 'expert':
+        return child_expert(args)
+    if args.child == 'make':
+        make_dataset(args.data_dir, args.dataset, args.count, args.size, args.classes)
+        return
+    if args.table:
+        with open(args.out) as f:
+            print(table(json.load(f)), end='')
+        return
+
+    work = args.work or tempfile.mkdtemp(prefix='bench_data_scale_')
+    rows = set(args.rows.split(','))
+    results = {'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
+               'expert': [], 'growth': [], 'commands': []}
+    me = [sys.executable, os.path.abspath(__file__)]
+
+    def generated(name, dataset, count, size, classes):
+        folder = os.path.join(work, name)
+        if not os.path.exists(os.path.join(folder, 'dataset.json')):
+            subprocess.run(me + ['--child=make', f'--data_dir={folder}', f'--dataset={dataset}',
+                                 f'--count={count}', f'--size={size}', f'--classes={classes}'],
+                           cwd=REPO, check=True)
+        return folder
+
+    def fresh(name):
+        folder = os.path.join(work, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        return folder
+
+    # The expert command's XLA setting (mct_jax.expert.__main__.XLA_FLAGS), read in a child.
+    expert_env = {'XLA_FLAGS': subprocess.run(
+        [sys.executable, '-c', 'from mct_jax.expert.__main__ import XLA_FLAGS; '
+         'print(" ".join(XLA_FLAGS))'], cwd=REPO, check=True, capture_output=True,
+        text=True).stdout.strip()}
+
+    if 'expert' in rows:
+        configs = []
+        if args.cifar10_dir:
+            configs.append(('CIFAR-10, all 50,000 (real)', 'cifar10', 'npz', args.cifar10_dir,
+                            3, 24, 8))
+        tiny = generated('tiny', 'tiny_imagenet', 100_000, 64, 200)
+        configs.append(('Tiny ImageNet shape, 100,000 x 64x64', 'tiny_imagenet', 'prepared',
+                        tiny, 4, 8, 4))
+        subset = generated('subset', 'imagenette', 13_000, 128, 10)
+        configs.append(('ImageNet subset shape, 13,000 x 128x128', 'imagenette', 'prepared',
+                        subset, 5, 4, 2))
+        for label, dataset, source, folder, depth, batches, group in configs:
+            row = {'data': label, 'depth': depth, 'batches': batches}
+            print(f'expert training: {label} ...', file=sys.stderr, flush=True)
+            row['ours'] = run_child(me + ['--child=expert', f'--dataset={dataset}',
+                                          f'--source={source}', f'--data_dir={folder}',
+                                          f'--depth={depth}', f'--batches={batches}',
+                                          f'--group={group}'], env=expert_env)
+            if not args.no_torch:
+                row['torch'] = run_child([sys.executable, os.path.join(HERE, 'torch_expert.py'),
+                                          f'--data={folder}', f'--depth={depth}',
+                                          f'--batches={batches}'])
+                row['speed_ratio'] = (row['ours']['images_per_second']
+                                      / row['torch']['images_per_second'])
+                row['memory_ratio'] = row['ours']['peak_rss_mb'] / row['torch']['peak_rss_mb']
+            results['expert'].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+
+    if 'growth' in rows:
+        for count in (25_000, 50_000, 100_000):
+            folder = generated(f'in64_{count}', 'imagenet64', count, 64, 1000)
+            print(f'growth: {count} images ...', file=sys.stderr, flush=True)
+            r = run_child(me + ['--child=expert', '--dataset=imagenet64', '--source=prepared',
+                                f'--data_dir={folder}', '--depth=4', '--batches=8',
+                                '--group=4'], env=expert_env)
+            results['growth'].append(dict(r, count=count))
+        xs = [g['count'] for g in results['growth']]
+        for key in ('peak_anon_mb', 'peak_rss_mb'):
+            ys = [g[key] for g in results['growth']]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2
+                                                                          for x in xs)
+            results[f'growth_{key}'] = {'per_image_bytes': slope * 2**20,
+                                        'at_imagenet_1k_mb': my + slope * (IMAGENET_1K - mx)}
+
+    if 'distill' in rows and args.cifar10_dir:
+        common = ['--dataset=cifar10', '--data_source=npz', f'--data_dir={args.cifar10_dir}',
+                  '--train_images_per_class=500', '--width=32', '--progress=none',
+                  '--pictures=false', '--tensorboard=false', '--compilation_cache=',
+                  f'--expert_dir={fresh("experts32")}']
+        subprocess.run([sys.executable, '-m', 'mct_jax.expert', *common, '--num_experts=2',
+                        '--train_epochs=4'], cwd=REPO, check=True, capture_output=True)
+        run_dir, experts128 = fresh('distill32'), fresh('experts128')
+        for label, cmd in (
+                ('expert training: full CIFAR-10, width 128, 1 expert x 1 epoch with its test '
+                 'accuracy (the whole command)',
+                 [sys.executable, '-m', 'mct_jax.expert', '--dataset=cifar10',
+                  '--data_source=npz', f'--data_dir={args.cifar10_dir}', '--width=128',
+                  '--num_experts=1', '--train_epochs=1', f'--expert_dir={experts128}',
+                  '--progress=none', '--pictures=false', '--tensorboard=false',
+                  '--compilation_cache=']),
+                ('distillation: CIFAR-10 500/class, width 32, ipc 1, N 20, 20 iterations, '
+                 'evaluated at 0, 10, 20 (2 networks x 100 epochs)',
+                 [sys.executable, '-m', 'mct_jax.distill', *common, f'--out_dir={run_dir}',
+                  '--ipc=1', '--syn_steps=20', '--expert_epochs=1', '--max_start_epoch=2',
+                  '--lr_lr=1e-07', '--iterations=20', '--eval_every=10', '--num_eval=2',
+                  '--eval_epochs=100']),
+                ('evaluation of its 10-image set: 5 networks x 100 epochs',
+                 [sys.executable, '-m', 'mct_jax.evaluate', f'--synthetic={run_dir}',
+                  '--eval_epochs=100', '--num_eval=5', '--progress=none',
+                  '--compilation_cache='])):
+            print(f'{label} ...', file=sys.stderr, flush=True)
+            r = run_child(cmd)   # keep the measurements only (the commands print paths)
+            results['commands'].append(dict(what=label, **{
+                k: r[k] for k in ('peak_rss_mb', 'sampled_rss_mb', 'peak_anon_mb',
+                                  'peak_file_mb', 'wall_seconds')}))
+        # The same distillation with a warm compilation cache: filled by a first run, then
+        # measured on a second, each into a fresh folder.
+        warm = [a for a in common if not a.startswith('--compilation_cache')] + [
+            f'--compilation_cache={fresh("xla")}', '--ipc=1', '--syn_steps=20',
+            '--expert_epochs=1', '--max_start_epoch=2', '--lr_lr=1e-07', '--iterations=20',
+            '--eval_every=10', '--num_eval=2', '--eval_epochs=100']
+        label = 'the same distillation, warm compilation cache'
+        print(f'{label} ...', file=sys.stderr, flush=True)
+        for _ in range(2):
+            r = run_child([sys.executable, '-m', 'mct_jax.distill', *warm,
+                           f'--out_dir={fresh("distill32_warm")}'])
+        results['commands'].append(dict(what=label, **{
+            k: r[k] for k in ('peak_rss_mb', 'sampled_rss_mb', 'peak_anon_mb',
+                              'peak_file_mb', 'wall_seconds')}))
+
+    results['machine']['launcher_peak_mb'] = _own_peak_mb()
+    if os.path.isfile(args.out):   # rows not run this time are kept from the file
+        with open(args.out) as f:
+            previous = json.load(f)
+        for key, value in previous.items():
+            if not results.get(key):
+                results[key] = value
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(results, f, indent=1)
+    print(table(results), end='')
+
+
+def table(results) -> str:
+    """The Markdown tables of a results JSON."""
+    lines = []
+    if results.get('expert'):
+        lines += ['| expert training | depth | ours: images/s | PyTorch: images/s | speed, '
+                  'ours / PyTorch | ours: peak MB (anon) | PyTorch: peak MB | memory, '
+                  'ours / PyTorch |', '|---|---|---|---|---|---|---|---|']
+        for r in results['expert']:
+            o, t = r['ours'], r.get('torch')
+            lines.append(f"| {r['data']} | {r['depth']} | {o['images_per_second']:.0f} | "
+                         f"{t['images_per_second']:.0f} | {r['speed_ratio']:.2f} | "
+                         f"{o['peak_rss_mb']:.0f} ({o['peak_anon_mb']:.0f}) | "
+                         f"{t['peak_rss_mb']:.0f} | {r['memory_ratio']:.2f} |" if t else
+                         f"| {r['data']} | {r['depth']} | {o['images_per_second']:.0f} | - | "
+                         f"- | {o['peak_rss_mb']:.0f} ({o['peak_anon_mb']:.0f}) | - | - |")
+        lines.append('')
+    if results.get('growth'):
+        lines += ['| ImageNet-1K shape (64x64, 1,000 classes, depth 4): images | peak MB | '
+                  'anonymous (sampled) | file-backed (sampled: libraries and mapped images) |',
+                  '|---|---|---|---|']
+        for g in results['growth']:
+            lines.append(f"| {g['count']:,} | {g['peak_rss_mb']:.0f} | {g['peak_anon_mb']:.0f} "
+                         f"| {g['peak_file_mb']:.0f} |")
+        a, r = results['growth_peak_anon_mb'], results['growth_peak_rss_mb']
+        lines += ['', f"Fitted growth per training image: {a['per_image_bytes']:.0f} bytes "
+                  f"anonymous, {r['per_image_bytes']:.0f} bytes of peak; extrapolated to "
+                  f"ImageNet-1K ({IMAGENET_1K:,} images): {a['at_imagenet_1k_mb']:.0f} MB "
+                  f"anonymous, {r['at_imagenet_1k_mb']:.0f} MB peak (the float32 training "
+                  f"split alone would be {IMAGENET_1K * 64 * 64 * 3 * 4 / 2**30:.0f} GiB).",
+                  '']
+    if results.get('commands'):
+        lines += ['| command (no compilation cache unless said) | peak MB | seconds |',
+                  '|---|---|---|']
+        for c in results['commands']:
+            lines.append(f"| {c['what']} | {c['peak_rss_mb']:.0f} | {c['wall_seconds']:.0f} |")
+        lines.append('')
+    return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+    main()
