@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,8 +87,20 @@ def _run(args: list[str], log_path: str) -> str:
     return lines[-1] if lines else ''
 
 
+def data_location(data_dir: str) -> list[str]:
+    """--data_source and --data_dir of real CIFAR-10 in ``data_dir``; exits naming the fix
+    if it holds none."""
+    from mct_jax.data import DataError, store
+    folder = os.path.abspath(data_dir)
+    try:
+        return [f'--data_source={store.source_of(folder)}', f'--data_dir={folder}']
+    except DataError as e:
+        sys.exit(f'error: real CIFAR-10 is needed (--data_dir or $MCT_CIFAR10_DIR): {e}')
+
+
 def _data_flags(scale: dict, work: str) -> list[str]:
-    return [f'--flagfile={PRESET}', f'--expert_dir={os.path.join(work, "experts")}',
+    return [f'--flagfile={PRESET}', *scale['location'],
+            f'--expert_dir={os.path.join(work, "experts")}',
             '--compilation_cache=' + os.environ.get('MCT_JAX_CACHE', '~/.cache/mct_jax/xla'),
             ] + scale['data']
 
@@ -190,7 +201,8 @@ def stage_timing(scale, work):
             if not os.path.isfile(path):
                 log(f'timing N={steps} remat={remat}')
                 line = _run([os.path.abspath(__file__), '--child_timing', str(steps),
-                             str(int(remat)), '--scale', scale['name'], '--work', work],
+                             str(int(remat)), '--scale', scale['name'], '--work', work,
+                             '--data_dir', scale['location'][1].split('=', 1)[1]],
                             os.path.join(work, 'logs', f'timing_N{steps}_{int(remat)}.log'))
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, 'w') as f:
@@ -205,7 +217,7 @@ def child_timing(scale, work, steps, remat):
     import jax
     from absl import flags as absl_flags
 
-    from mct_jax import distill, expert_store, models
+    from mct_jax import distill, expert_store, host, models
     from mct_jax.cli import app
     from mct_jax.cli import flags as cli_flags
     FLAGS = absl_flags.FLAGS
@@ -232,7 +244,7 @@ def child_timing(scale, work, steps, remat):
         times.append(time.time() - t0)
     print(json.dumps({'syn_steps': steps, 'remat': bool(remat), 'ipc': ipc,
                       'seconds': statistics.median(times), 'first_seconds': first,
-                      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      'peak_rss_mb': host.peak_resident_mb(),
                       'devices': jax.device_count()}))
 
 
@@ -305,8 +317,8 @@ def markdown(res) -> str:
               'set, tested on all 10,000 test images. Converged at: the first evaluated '
               'iteration after which every evaluation stays within 2 points of the run\'s '
               'best; spread: std and range of the evaluations from there on. s/it: median '
-              'seconds per iteration inside the run (other work shared the machine at times; '
-              'the timing table below was measured alone).', '',
+              'seconds per iteration inside the run, not a speed benchmark (the timing table '
+              'below is one).', '',
               '## Storage', '',
               f'Storage per expert ({e["num_experts"]} experts): MCT (anchors + betas) '
               f'{e["mct_bytes_per_expert"] / 1e3:.0f} KB, MTT (every epoch) '
@@ -428,18 +440,19 @@ def plots(res, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--scale', choices=sorted(SCALES), default='cpu')
+    p.add_argument('--data_dir', default=os.environ.get('MCT_CIFAR10_DIR', 'data/cifar10'),
+                   help='Real CIFAR-10: a folder written by `python -m mct_jax.prepare '
+                        '--dataset=cifar10` or holding train.npz/test.npz (default: '
+                        '$MCT_CIFAR10_DIR, else data/cifar10).')
     p.add_argument('--work', default=os.path.join(REPO, 'runs', 'reproduce_cifar10'),
                    help='Cache of experts and runs; a rerun reuses what is there.')
     p.add_argument('--out', default=os.path.join(HERE, 'results'))
     p.add_argument('--child_timing', nargs=2, type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    scale = dict(SCALES[a.scale], name=a.scale)
+    scale = dict(SCALES[a.scale], name=a.scale, location=data_location(a.data_dir))
     work = os.path.abspath(a.work)
     if a.child_timing:
         return child_timing(scale, work, *a.child_timing)
-    if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
-        sys.exit('error: ../shared/data/cifar10/train.npz is missing beside the project; this '
-                 'experiment needs the offline CIFAR-10 copy there.')
     t0 = time.time()
     res = {'scale': a.scale, 'command': 'python experiments/reproduce_cifar10.py' +
            ('' if a.scale == 'cpu' else f' --scale={a.scale}'),

@@ -159,8 +159,25 @@ def _cmd(module: str, args: list[str], log_path: str) -> str:
     return lines[-1] if lines else ''
 
 
+# Where real CIFAR-10 is (--data_source, --data_dir), set from --data_dir. It says where the
+# data is read from, not what is run, so the run files' commands leave it out.
+DATA_LOCATION: list[str] = []
+
+
 def _data(scale) -> list[str]:
-    return [f'--flagfile={PRESET}'] + scale['data']
+    return [f'--flagfile={PRESET}'] + DATA_LOCATION + scale['data']
+
+
+def set_data_location(data_dir: str) -> None:
+    """Points every command at real CIFAR-10 in ``data_dir``; exits naming the fix if it
+    holds none."""
+    from mct_jax.data import DataError, store
+    folder = os.path.abspath(data_dir)
+    try:
+        source = store.source_of(folder)
+    except DataError as e:
+        sys.exit(f'error: real CIFAR-10 is needed (--data_dir or $MCT_CIFAR10_DIR): {e}')
+    DATA_LOCATION[:] = [f'--data_source={source}', f'--data_dir={folder}']
 
 
 # ----------------------------------------------------------------------------- stages
@@ -218,7 +235,8 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
             [f'--ipc={scale["ipc"][ipc]}', f'--seed={seed}', f'--expert_dir={expert_dir}',
              f'--out_dir={run_dir}', '--pictures=false', '--tensorboard=false',
              '--progress=log'])
-    command = ['python', '-m', 'mct_jax.distill'] + [a.replace(REPO + os.sep, '') for a in args]
+    command = ['python', '-m', 'mct_jax.distill'] + [a.replace(REPO + os.sep, '') for a in args
+                                                     if a not in DATA_LOCATION]
     if os.path.isfile(path):
         with open(path) as f:
             done = json.load(f)
@@ -419,8 +437,7 @@ def write_report(study: dict, out: str) -> str:
     lines += ['', 'Converged at: the first evaluation after which test accuracy stays within 2 '
               'points of the run\'s best (mean over seeds); spread after: the std of the '
               'evaluations from there on. s / iteration: median wall seconds of one iteration '
-              'on the shared 2-core machine, not a speed benchmark (docs/benchmarks.md has '
-              'those).']
+              'on a 2-core CPU, not a speed benchmark (docs/benchmarks.md has those).']
     lines += _table2(runs, stats)
     lines += ['', '## Claims, from paired differences over seeds', '',
               'Each difference pairs two arms run with the same seed (same experts, same '
@@ -555,6 +572,10 @@ def _read_results(folder: str, key: str) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--scale', choices=sorted(SCALES), default='cpu')
+    p.add_argument('--data_dir', default=os.environ.get('MCT_CIFAR10_DIR', 'data/cifar10'),
+                   help='Real CIFAR-10: a folder written by `python -m mct_jax.prepare '
+                        '--dataset=cifar10` or holding train.npz/test.npz (default: '
+                        '$MCT_CIFAR10_DIR, else data/cifar10).')
     p.add_argument('--work', default=os.path.join(REPO, 'runs', 'study_cifar10'))
     p.add_argument('--out', default=os.path.join(HERE, 'results', 'study_cifar10'))
     p.add_argument('--report_only', action='store_true')
@@ -581,9 +602,7 @@ def main(argv=None):
                       plan.get('cut_cross_nets'))
     experts_json = os.path.join(args.out, 'experts.json')
     if not args.report_only:
-        if not os.path.isfile(os.path.join(REPO, '..', 'shared', 'data', 'cifar10', 'train.npz')):
-            sys.exit('error: ../shared/data/cifar10/train.npz is missing beside the project; '
-                     'the study reads real CIFAR-10 from there.')
+        set_data_location(args.data_dir)
         with open(plan_json, 'w') as f:
             json.dump(plan, f, indent=1)
         experts = stage_experts(scale, args.work)

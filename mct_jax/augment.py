@@ -3,7 +3,7 @@
 Strategy ``color_crop_cutout_flip_scale_rotate`` in mode "S" of the reference DSA
 code (Zhao & Bilen, 2021; copied into MTT's ``utils.py``): every call picks ONE
 family uniformly at random and applies it with parameters drawn independently
-for each sample of the batch (METHOD.md section 5).
+for each sample of the batch (docs/method.md section 5).
 
 Images are float32 NHWC batches ``[B, H, W, C]`` that are already standardised
 or ZCA-whitened, so every "fill" below is 0.0 (the dataset mean after

@@ -1,4 +1,4 @@
-"""The differentiable student rollout and the trajectory-matching loss (METHOD.md section 4).
+"""The differentiable student rollout and the trajectory-matching loss (docs/method.md section 4).
 
 A student starts at an expert's parameters theta_start, takes N SGD steps on synthetic
 minibatches, and is compared with the expert's parameters theta_target M epochs later:
@@ -104,7 +104,7 @@ def residual_plan(model: Model, theta: PyTree, images, labels, options: RolloutO
 
 
 def matching_loss(theta_n: PyTree, theta_start: PyTree, theta_target: PyTree):
-    """Normalised parameter matching loss (METHOD.md section 4, step 3)."""
+    """Normalised parameter matching loss (docs/method.md section 4, step 3)."""
     num = sum(jnp.sum(jnp.square(a - b)) for a, b in
               zip(jax.tree.leaves(theta_n), jax.tree.leaves(theta_target)))
     den = sum(jnp.sum(jnp.square(a - b)) for a, b in

@@ -10,7 +10,20 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR10_DIR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10')
+# Real CIFAR-10, for the tests that read it: a folder with train.npz and test.npz, or one
+# written by `python -m mct_jax.prepare --dataset=cifar10`, named by this variable.
+CIFAR10_ENV = 'MCT_CIFAR10_DIR'
+
+
+def real_cifar10():
+    """(source, folder) of real CIFAR-10 for `data.load_raw`; skips the test, saying how to
+    provide it, when the variable is unset (a folder that holds no dataset is an error)."""
+    folder = os.environ.get(CIFAR10_ENV, '')
+    if not folder:
+        pytest.skip(f'real CIFAR-10 not given: set {CIFAR10_ENV} to a folder with '
+                    'train.npz/test.npz or one written by python -m mct_jax.prepare')
+    from mct_jax.data import store
+    return store.source_of(folder), folder
 
 
 @pytest.fixture

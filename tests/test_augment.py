@@ -1,4 +1,4 @@
-"""Tests for mct_jax.augment (DSA, METHOD.md section 5).
+"""Tests for mct_jax.augment (DSA, docs/method.md section 5).
 
 Outputs are compared with independent float64 NumPy loops (torch's
 affine_grid + grid_sample with align_corners=True and zero padding, integer

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 import jax.numpy as jnp
+from conftest import real_cifar10
 
 from mct_jax import data
 from mct_jax.data import DataError, arrays, preprocess, store
 
-CIFAR10_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cifar10'
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 
@@ -201,11 +201,9 @@ def test_first_k_per_class_keeps_first_k_in_original_order():
 
 
 @pytest.mark.slow
-def test_real_cifar10_npz():
-    if not (CIFAR10_DIR / 'train.npz').is_file():
-        pytest.skip(f'real CIFAR-10 not found at {CIFAR10_DIR} (shared/data/cifar10 beside '
-                    'the project root)')
-    x_train, y_train, x_test, y_test, names, _ = data.load_raw('cifar10', 'npz', CIFAR10_DIR)
+def test_real_cifar10():
+    source, folder = real_cifar10()
+    x_train, y_train, x_test, y_test, names, _ = data.load_raw('cifar10', source, folder)
     assert x_train.shape == (50000, 32, 32, 3) and x_test.shape == (10000, 32, 32, 3)
     assert x_train.dtype == np.uint8 and y_train.dtype == np.int32
     np.testing.assert_array_equal(np.bincount(y_train), [5000] * 10)

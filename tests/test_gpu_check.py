@@ -4,7 +4,6 @@ the CPU, writes its JSON and table, and stops cleanly at its budget."""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 

@@ -4,6 +4,7 @@ reads; reruns are safe, bad archives are refused with the fix, nothing half-writ
 remains."""
 
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -162,3 +163,30 @@ def test_digits_prepared_keep_their_scale(tmp_path):
     b = data.load_dataset('digits', val_images_per_class=5)
     np.testing.assert_array_equal(a.prepare(a.x_train), b.prepare(b.x_train))
     np.testing.assert_array_equal(a.mean, b.mean)
+
+
+@pytest.mark.slow
+def test_from_the_official_tarball_to_the_cifar10_local_preset(tmp_path):
+    """The README's path for a user who has only cifar-10-python.tar.gz: prepare it into
+    data/cifar10, then cifar10_local.cfg's expert and distill commands find it there (at a
+    tiny size; the release-count check is the command's, tested above)."""
+    _cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', per_batch=60)
+    prepare.prepare('cifar10', tmp_path / 'cifar-10-python.tar.gz',
+                    tmp_path / 'data' / 'cifar10', counts=None)
+    preset = os.path.join(REPO, 'experiments', 'cifar10_local.cfg')
+    tiny = ['--train_images_per_class=8', '--val_images_per_class=2', '--width=8',
+            '--progress=none', '--pictures=false', '--tensorboard=false',
+            '--compilation_cache=']
+    for module, extra in (('expert', ['--num_experts=1', '--train_epochs=2']),
+                          ('distill', ['--iterations=2', '--eval_every=2', '--num_eval=1',
+                                       '--eval_epochs=3', '--syn_steps=2', '--expert_epochs=1',
+                                       '--max_start_epoch=1'])):
+        proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', f'--flagfile={preset}',
+                               *tiny, *extra], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=dict(os.environ, XLA_FLAGS=''))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    best = np.load(tmp_path / 'runs' / 'cifar10_local' / 'mct_ipc1' / 'best.npz')
+    assert best['images'].shape == (10, 32, 32, 3)
+    settings = json.loads(str(best['settings']))
+    assert settings['data_source'] == 'prepared'
+    assert settings['data_dir'] == str(tmp_path / 'data' / 'cifar10')

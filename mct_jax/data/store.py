@@ -45,9 +45,25 @@ def is_complete(folder) -> bool:
     return (Path(folder) / META).is_file()
 
 
+def source_of(folder) -> str:
+    """The data source that reads ``folder``: ``'prepared'`` for a prepared dataset,
+    ``'npz'`` for one holding ``train.npz`` and ``test.npz``; DataError otherwise."""
+    folder = Path(folder).expanduser()
+    if is_complete(folder):
+        return 'prepared'
+    if (folder / 'train.npz').is_file():
+        return 'npz'
+    raise DataError(f'{folder} holds neither a prepared dataset ({META}) nor train.npz; '
+                    'write one with `python -m mct_jax.prepare --dataset=NAME '
+                    f'--source_path=ARCHIVE --data_dir={folder}`.')
+
+
 def read_meta(folder) -> dict:
     """``dataset.json`` of a prepared folder; DataError naming the fix if it is not one."""
     path = Path(folder).expanduser() / META
+    if not path.is_file() and (path.parent / 'train.npz').is_file():
+        raise DataError(f'{path.parent} holds train.npz, not a prepared dataset: read it with '
+                        '--data_source=npz.')
     if not path.is_file():
         raise DataError(f'{path.parent} is not a prepared dataset (no {META}); write one with '
                         '`python -m mct_jax.prepare --dataset=NAME --source_path=ARCHIVE '

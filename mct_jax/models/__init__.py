@@ -59,7 +59,7 @@ class Model(NamedTuple):
 
 def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', act='relu',
             pool='avgpool') -> Model:
-    """The ConvNet, METHOD.md section 1: ``m = convnet((32, 32, 3), 10); p = m.init(key)``.
+    """The ConvNet, docs/method.md section 1: ``m = convnet((32, 32, 3), 10); p = m.init(key)``.
 
     Args:
       input_shape: (H, W, C) of one image.

@@ -1,6 +1,6 @@
 """The ConvNet of the trajectory-matching literature as pure ``init``/``apply`` functions.
 
-``ConvNet(width=128, depth=3, norm=instancenorm, act=relu, pool=avgpool)`` (METHOD.md
+``ConvNet(width=128, depth=3, norm=instancenorm, act=relu, pool=avgpool)`` (docs/method.md
 section 1): each block is conv 3x3 (stride 1, padding 1, bias) -> instance norm (affine) ->
 activation -> 2x2 pooling; then flatten -> dense. Parameters are a nested dict pytree::
 
