@@ -4,7 +4,6 @@ the host and on the device), ZCA and the error messages."""
 import importlib.util
 import os
 import shutil
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
