@@ -6,9 +6,9 @@ Every measurement runs in a child process of its own, whose peak resident memory
 kernel's (``ru_maxrss``); the parent also samples the child's anonymous and file-backed
 pages (``/proc/PID/status``) every 50 ms, to tell the program's own memory from the
 memory-mapped images the page cache lends it. The kernel's peak of a child also counts the
-parent that started it, so the parent stays small: it imports neither JAX nor the library
-and generates the datasets in children too (its own peak is recorded as
-``launcher_peak_mb``). Rows:
+parent that started it, so the parent stays small: of the library it imports only
+``mct_jax.host`` (no JAX) and it generates the datasets in children too (its own peak is
+recorded as ``launcher_peak_mb``). Rows:
 
 * **expert training** (plain SGD, batch 256, DSA, width 128), ours and the PyTorch
   reference style (``torch_expert.py``: the float32 training split in memory, as MTT's
@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from mct_jax import host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -95,18 +97,10 @@ def run_child(cmd, env=None, timeout=3600) -> dict:
 
 # ---------------------------------------------------------------------- the children
 
-def _own_peak_mb() -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def child_expert(args) -> None:
     """Ours: expert training batches on a dataset, timed after a warm-up group."""
     import jax
-    from mct_jax import data, expert, host, models
+    from mct_jax import data, expert, models
     ds = data.load_dataset(args.dataset, args.source, args.data_dir)
     model = models.convnet(ds.image_shape, ds.num_classes, args.width, args.depth)
     trainer = expert.EpochTrainer(model, 0.01, 256, group=args.group)
@@ -295,7 +289,7 @@ def main():
             k: r[k] for k in ('peak_rss_mb', 'sampled_rss_mb', 'peak_anon_mb',
                               'peak_file_mb', 'wall_seconds')}))
 
-    results['machine']['launcher_peak_mb'] = _own_peak_mb()
+    results['machine']['launcher_peak_mb'] = host.peak_resident_mb()
     if os.path.isfile(args.out):   # rows not run this time are kept from the file
         with open(args.out) as f:
             previous = json.load(f)

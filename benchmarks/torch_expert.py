@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mct_jax import host
 
 
 def convnet(channels: int, width: int, depth: int, num_classes: int, size: int) -> nn.Module:
@@ -127,19 +128,6 @@ def load(folder: str):
     return images, torch.from_numpy(np.asarray(y, np.int64)), num_classes
 
 
-def peak_mb() -> float:
-    """This program's resident high-water mark (``VmHWM``; ``ru_maxrss`` would also count
-    the parent that started it)."""
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data', required=True)
@@ -167,7 +155,7 @@ def main():
         opt.step()
         done += len(idx) if b >= args.warmup else 0
     seconds = time.perf_counter() - start
-    peak = peak_mb()
+    peak = host.peak_resident_mb()
     print(json.dumps({'images_per_second': done / seconds, 'seconds': seconds,
                       'peak_mb': peak, 'torch': torch.__version__,
                       'threads': torch.get_num_threads()}))

@@ -15,8 +15,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mct_jax.data import (arrays, catalog, imagenet, preprocess, sources, splits, store,
-                          tiny_imagenet)
+import mct_jax.data.arrays as arrays
+import mct_jax.data.catalog as catalog
+import mct_jax.data.imagenet as imagenet
+import mct_jax.data.preprocess as preprocess
+import mct_jax.data.sources as sources
+import mct_jax.data.splits as splits
+import mct_jax.data.store as store
+import mct_jax.data.tiny_imagenet as tiny_imagenet
 from mct_jax.data.catalog import DataError
 from mct_jax.data.zca import ZCA, apply_zca, fit_zca, invert_zca
 

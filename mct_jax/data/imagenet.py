@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mct_jax.data import catalog, decode, store
+import mct_jax.data.catalog as catalog
+import mct_jax.data.decode as decode
+import mct_jax.data.store as store
 from mct_jax.data.catalog import DataError
 from mct_jax.data.sources import Raw, require_dir
 

@@ -18,7 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mct_jax.data import arrays, catalog, store
+import mct_jax.data.arrays as arrays
+import mct_jax.data.catalog as catalog
+import mct_jax.data.store as store
 from mct_jax.data.catalog import DataError
 
 DIGITS_TEST_PER_CLASS = 30
