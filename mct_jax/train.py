@@ -28,8 +28,15 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 # Images per forward pass when predicting: half the training batch, so that testing needs
 # less memory than a training step (temporaries at width 128, CIFAR: 2.4 GB for chunks of
-# 1,000 images, 0.64 GB for 256, 0.33 GB for 128; docs/benchmarks.md).
+# 1,000 images, 0.64 GB for 256, 0.33 GB for 128; docs/benchmarks.md); by backend where
+# measured otherwise (docs/benchmarks.md#gradient-passes).
 PREDICT_BATCH = 128
+PREDICT_BATCH_BY_BACKEND = {'cpu': 16}
+
+
+def predict_batch(backend: str | None = None) -> int:
+    """Images per forward pass when predicting on ``backend`` (default: JAX's)."""
+    return PREDICT_BATCH_BY_BACKEND.get(backend or jax.default_backend(), PREDICT_BATCH)
 
 
 def cross_entropy(logits, labels):
@@ -61,6 +68,53 @@ def autodiff_loss_grad(apply_fn: ApplyFn):
     return loss_grad
 
 
+# Images per gradient pass (:func:`microbatched`) when a caller does not choose, by backend,
+# from docs/benchmarks.md#gradient-passes: on XLA:CPU, passes of 16 images need a
+# seventeenth of the temporaries of one 256-image pass and run faster (the feature maps of
+# a pass stay in cache). Backends not listed take the whole batch in one pass, as the
+# reference does.
+MICROBATCH_BY_BACKEND = {'cpu': 16}
+
+
+def default_microbatch(backend: str | None = None) -> int:
+    """Images per gradient pass for ``backend`` (default: JAX's): 0 means the whole batch."""
+    return MICROBATCH_BY_BACKEND.get(backend or jax.default_backend(), 0)
+
+
+def microbatched(loss_grad, size: int):
+    """``loss_grad`` (the interface of :func:`autodiff_loss_grad`) over passes of ``size``
+    images, combined into the gradient of the whole batch's mean loss.
+
+    The cross-entropy is a mean of per-image terms and the networks that use this have no
+    batch statistics, so the batch gradient is the size-weighted mean of the passes'
+    gradients: the same value up to rounding, with the temporaries of one pass. A batch
+    of B images runs B // size passes as one ``lax.scan`` and the remaining B % size images
+    as one more pass. ``size`` 0, or at least the batch, is one pass.
+    """
+    def grad_fn(params, x, labels, input_grad=False):
+        b = x.shape[0]
+        if not size or size >= b or input_grad:
+            return loss_grad(params, x, labels, input_grad=input_grad)
+        full, rest = divmod(b, size)
+        head = full * size
+
+        def one(total, xy):
+            grads, _, logits = loss_grad(params, xy[0], xy[1])
+            return jax.tree.map(jnp.add, total, grads), logits
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        chunks = (x[:head].reshape((full, size) + x.shape[1:]),
+                  labels[:head].reshape((full, size) + labels.shape[1:]))
+        total, logits = jax.lax.scan(one, zeros, chunks)
+        total = jax.tree.map(lambda t: t * (size / b), total)
+        logits = logits.reshape((head,) + logits.shape[2:])
+        if rest:
+            grads, _, last = loss_grad(params, x[head:], labels[head:])
+            total = jax.tree.map(lambda t, g: t + g * (rest / b), total, grads)
+            logits = jnp.concatenate([logits, last])
+        return total, None, logits
+    return grad_fn
+
+
 def batch_indices(key, n: int, batch_size: int):
     """One epoch's shuffled minibatches, as PyTorch's shuffling DataLoader makes them.
 
@@ -81,11 +135,13 @@ def epoch_plan(key, n: int, batch_size: int):
     return full, rest, jax.random.split(k_aug, full.shape[0] + 1)
 
 
-def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_grad=None):
+def sgd_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_grad=None,
+             microbatch: int = 0):
     """``step(carry, xb, yb) -> carry`` of minibatch SGD with ``tx``; ``carry`` is
     ``(params, opt_state, num_correct)``, counting correct predictions on the training
-    batches as the reference reports training accuracy."""
-    grad_fn = loss_grad or autodiff_loss_grad(apply_fn)
+    batches as the reference reports training accuracy. ``microbatch``: images per
+    gradient pass (:func:`microbatched`; 0: the whole batch)."""
+    grad_fn = microbatched(loss_grad or autodiff_loss_grad(apply_fn), microbatch)
 
     def step(carry, xb, yb):
         params, opt_state, correct = carry
@@ -120,20 +176,22 @@ def run_batches(step, carry, xs, ys, keys, prep=None, use_dsa: bool = True):
 
 
 def sgd_epoch(apply_fn: ApplyFn, params, opt_state, tx: optax.GradientTransformation,
-              x, y, key, batch_size: int, use_dsa: bool = True, loss_grad=None, prep=None):
+              x, y, key, batch_size: int, use_dsa: bool = True, loss_grad=None, prep=None,
+              microbatch: int = 0):
     """One epoch of minibatch SGD over (x, y), DSA on every batch.
 
     Traceable (call it inside ``jit``/``vmap``); the full batches run as one ``lax.scan``
     and a last smaller batch, if any, as one more step, so every image is seen once.
     ``loss_grad`` (e.g. ``Model.loss_grad``, the ConvNet's hand-written gradient) replaces
     ``jax.grad`` of the cross-entropy of ``apply_fn``: the same gradient, faster kernels.
-    ``prep`` preprocesses raw (integer) images batch by batch.
+    ``prep`` preprocesses raw (integer) images batch by batch; ``microbatch``: images per
+    gradient pass (:func:`microbatched`).
 
     Returns:
       (params, opt_state, num_correct): ``num_correct`` counts correct predictions on the
       augmented training batches, as the reference reports training accuracy.
     """
-    return _epoch(sgd_step(apply_fn, tx, loss_grad),
+    return _epoch(sgd_step(apply_fn, tx, loss_grad, microbatch),
                   (params, opt_state, jnp.zeros((), jnp.int32)), x, y, key, batch_size,
                   use_dsa, prep)
 
@@ -174,14 +232,15 @@ def _epoch(step, carry, x, y, key, batch_size: int, use_dsa: bool, prep=None):
     return carry
 
 
-def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = PREDICT_BATCH, prep=None):
+def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int | None = None, prep=None):
     """Number of correctly classified images, evaluated in fixed-size chunks (traceable).
 
     The last chunk is padded and masked so only one program is compiled; ``prep``
-    preprocesses raw (integer) images chunk by chunk.
+    preprocesses raw (integer) images chunk by chunk. ``batch_size``: images per chunk
+    (default :func:`predict_batch`).
     """
     n = x.shape[0]
-    b = min(batch_size, n)
+    b = min(batch_size or predict_batch(), n)
     num_chunks = -(-n // b)
     pad = num_chunks * b - n
     xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
@@ -197,6 +256,6 @@ def predict_correct(apply_fn: ApplyFn, params, x, y, batch_size: int = PREDICT_B
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('batch_size',))
-def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = PREDICT_BATCH, prep=None):
+def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int | None = None, prep=None):
     """Top-1 accuracy in [0, 1] of one network on (x, y) (raw images through ``prep``)."""
     return predict_correct(apply_fn, params, x, y, batch_size, prep) / x.shape[0]

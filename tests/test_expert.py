@@ -160,18 +160,20 @@ def _real(ds):
 def test_streamed_epoch_equals_the_epoch_on_device_bit_for_bit(tiny):
     """Raw images read from the host in groups and preprocessed per batch on the device give
     the parameters of one jitted epoch over the float32 images preprocessed beforehand (how
-    experts were trained before), for any group size."""
+    experts were trained before), for any group size, in whole-batch gradient passes and
+    in passes of 16 images."""
     ds, _, model = tiny
     params = model.init(jax.random.key(1))
     key = jax.random.key(2)
-    old = expert.make_epoch_fn(model.apply, 0.01, 32, model.loss_grad)
-    want, want_norms, want_correct = old(params, ds.prepare(ds.x_train), ds.y_train, key)
-    for group in (1, 2, 16):
-        trainer = expert.EpochTrainer(model, 0.01, 32, group=group)
-        got, norms, correct = trainer.epoch(params, _real(ds), key)
-        assert_trees_close(got, want, exact=True)
-        np.testing.assert_array_equal(norms, want_norms)
-        assert int(correct) == int(want_correct)
+    for passes in (0, 16):
+        old = expert.make_epoch_fn(model.apply, 0.01, 32, model.loss_grad, microbatch=passes)
+        want, want_norms, want_correct = old(params, ds.prepare(ds.x_train), ds.y_train, key)
+        for group in (1, 2, 16):
+            trainer = expert.EpochTrainer(model, 0.01, 32, group=group, microbatch=passes)
+            got, norms, correct = trainer.epoch(params, _real(ds), key)
+            assert_trees_close(got, want, exact=True)
+            np.testing.assert_array_equal(norms, want_norms)
+            assert int(correct) == int(want_correct)
 
 
 def test_expert_resumes_within_an_epoch_bit_for_bit(tiny, tmp_path, monkeypatch):

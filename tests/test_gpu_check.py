@@ -33,6 +33,8 @@ def test_dry_run_measures_every_stage(tmp_path):
     pytorch = report['pytorch'][0]
     assert pytorch.get('seconds', 0) > 0 or 'No module named' in pytorch.get('skipped', '')
     assert report['expert']['images_per_second'] > 0
+    assert sorted(report['expert']['passes']) == ['0', '16', '64']
+    assert all(v['images_per_second'] > 0 for v in report['expert']['passes'].values())
     assert report['evaluate']['vmapped_over_loop'] > 0
     assert report['skipped'] == []
     assert '| 1 | 2 | forward | False |' in md and 'Expert training:' in md

@@ -93,6 +93,11 @@ flags.DEFINE_boolean('save_full_trajectory', False,
 flags.DEFINE_float('expert_checkpoint_seconds', 600, 'Within an epoch, save the running expert '
                    'this often, so that a killed run resumes mid-epoch (it is always saved '
                    'after each epoch); 0: after every group of 16 batches.')
+flags.DEFINE_integer('microbatch', None, 'Images per gradient pass of expert training; the '
+                     'batch gradient is the weighted mean of the passes (the same gradient up '
+                     'to rounding, a fraction of the memory). 0: the whole batch in one pass. '
+                     'Default: 16 on CPU, where it is also faster, the whole batch on other '
+                     'backends (docs/benchmarks.md#gradient-passes).')
 
 # ---- distillation (python -m mct_jax.distill)
 flags.DEFINE_enum('method', 'mct', ['mct', 'mtt'], 'mct: continuous starts on convexified '

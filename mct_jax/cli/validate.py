@@ -130,6 +130,9 @@ def expert_command_problems() -> list[str]:
         problems.append(f'--batch_train={FLAGS.batch_train} must be at least 1.')
     if not FLAGS.lr_teacher > 0:
         problems.append(f'--lr_teacher={FLAGS.lr_teacher} must be positive.')
+    if FLAGS.microbatch is not None and FLAGS.microbatch < 0:
+        problems.append(f'--microbatch={FLAGS.microbatch} must be 0 (the whole batch in one '
+                        'pass) or a number of images.')
     if FLAGS.train_epochs >= 1:
         try:
             cli_flags.anchors()

@@ -65,12 +65,18 @@ class EpochTrainer:
     (:func:`mct_jax.train.run_batches`). Device memory therefore follows the group, not the
     dataset, and the parameters equal those of :func:`mct_jax.train.sgd_epoch` over the
     same images on the device.
+
+    ``microbatch``: images per gradient pass (:func:`mct_jax.train.microbatched`; None: the
+    backend's default, :func:`mct_jax.train.default_microbatch`). It changes the temporaries
+    of a step and the rounding of its gradient, not the gradient.
     """
 
-    def __init__(self, model, lr: float, batch_size: int, group: int = GROUP):
+    def __init__(self, model, lr: float, batch_size: int, group: int = GROUP,
+                 microbatch: int | None = None):
         self.model, self.batch_size, self.group = model, batch_size, group
+        self.microbatch = train.default_microbatch() if microbatch is None else microbatch
         self.tx = optax.sgd(lr)
-        step = train.sgd_step(model.apply, self.tx, model.loss_grad)
+        step = train.sgd_step(model.apply, self.tx, model.loss_grad, self.microbatch)
         self._plan = jax.jit(train.epoch_plan, static_argnums=(1, 2))
         self._run = jax.jit(lambda carry, xs, ys, keys, prep: train.run_batches(
             step, carry, xs, ys, keys, prep))
@@ -81,7 +87,7 @@ class EpochTrainer:
     def accuracy(self, params, x, y, prep=None) -> float:
         """Top-1 accuracy on images ``x`` that stay on the host (read ``group`` prediction
         batches at a time, as training reads them)."""
-        n, chunk = len(y), train.PREDICT_BATCH * self.group
+        n, chunk = len(y), train.predict_batch() * self.group
         index = [np.arange(s, min(n, s + chunk)) for s in range(0, n, chunk)]
         counts = []
         for xs, ys in data.batches.read_ahead(x, y, index):
@@ -130,16 +136,18 @@ class EpochTrainer:
         return new, self._norms(new, params), correct
 
 
-def make_epoch_fn(apply_fn, lr: float, batch_size: int, loss_grad=None):
+def make_epoch_fn(apply_fn, lr: float, batch_size: int, loss_grad=None, microbatch: int = 0):
     """Jitted plain-SGD epoch over images on the device: ``(params, x, y, key) -> (params,
-    step_norms [L], correct)`` (:func:`mct_jax.train.sgd_epoch`; raw images need
-    :class:`EpochTrainer`, which also keeps them on the host)."""
+    step_norms [L], correct)`` (:func:`mct_jax.train.sgd_epoch`, with ``microbatch`` images
+    per gradient pass; raw images need :class:`EpochTrainer`, which also keeps them on the
+    host)."""
     tx = optax.sgd(lr)
 
     @jax.jit
     def epoch(params, x, y, key):
         new, _, correct = train.sgd_epoch(apply_fn, params, tx.init(params), tx, x, y, key,
-                                          batch_size, loss_grad=loss_grad)
+                                          batch_size, loss_grad=loss_grad,
+                                          microbatch=microbatch)
         return new, trajectory.leaf_norms(new, params), correct
     return epoch
 
@@ -351,13 +359,15 @@ def _unpackage(p: dict, config: dict) -> ExpertRun:
 def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
                   progress: str = 'auto', tensorboard: bool = True,
-                  pictures: bool = True, checkpoint_seconds: float = 600.0) -> list[int]:
+                  pictures: bool = True, checkpoint_seconds: float = 600.0,
+                  microbatch: int | None = None) -> list[int]:
     """Trains the missing experts of ``expert_dir`` that belong to this process.
 
     Expert i is trained by process ``i % process_count``; complete experts are skipped, and
     an expert interrupted part-way resumes after its last finished epoch (its running state
     is saved in ``expert_XXXX/progress/`` after every epoch). Returns the indices trained by
-    this call.
+    this call. ``microbatch``: images per gradient pass (see :class:`EpochTrainer`), recorded
+    in each expert's ``meta.json``.
 
     With several processes (``jax.distributed``) the experts are trained in rounds: in round
     n every process trains its n-th missing expert, the finished experts are all-gathered
@@ -382,7 +392,8 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     if not rounds:
         return []
     real = RealData.of(ds)
-    trainer = EpochTrainer(model, config['lr_teacher'], config['batch_train'])
+    trainer = EpochTrainer(model, config['lr_teacher'], config['batch_train'],
+                           microbatch=microbatch)
     base = jax.random.key(seed)
     k = config['train_epochs']
     bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)
@@ -390,7 +401,8 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
     def save(i, run, seconds):
         folder = expert_path(expert_dir, i)
         save_expert(folder, run, {'index': i, 'seed': seed, 'seconds': seconds,
-                                  'images_per_second': k * len(real.y_train) / seconds})
+                                  'images_per_second': k * len(real.y_train) / seconds,
+                                  'microbatch': trainer.microbatch})
         if pictures:
             write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
 

@@ -69,7 +69,8 @@ def main(argv):
                          FLAGS.num_experts, FLAGS.seed, jax.process_index(),
                          jax.process_count(), progress=FLAGS.progress,
                          tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures,
-                         checkpoint_seconds=FLAGS.expert_checkpoint_seconds)
+                         checkpoint_seconds=FLAGS.expert_checkpoint_seconds,
+                         microbatch=FLAGS.microbatch)
 
 
 # XLA:CPU's concurrency-optimised scheduler keeps more feature maps alive at once so that
