@@ -164,7 +164,24 @@ def load_tree_or_previous(path: str) -> tuple[Any, str]:
     raise CheckpointError(' '.join(errors) + ' No earlier checkpoint is readable either.')
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write) -> None:
+    """Writes ``path`` through a temporary file renamed over it, so that a reader never sees
+    half a file; the file gets the mode any new file of the user gets (0666 less the
+    umask), not the temporary file's private 0600."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
@@ -172,6 +189,7 @@ def _atomic_write(path: str, write) -> None:
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -152,6 +152,92 @@ def infer_model(shapes: list) -> BufferModel:
     return BufferModel(channels, width, depth, norm, num_classes, int(side))
 
 
+# MTT's buffer.py writes to <buffer_path>/<Dataset>[_NO_ZCA]/<model> (CIFAR-10/100 without
+# --zca get _NO_ZCA), or <buffer_path>/ImageNet/<subset>/<res>/<model>; its dataset names.
+_DATASETS = {'CIFAR10': 'cifar10', 'CIFAR100': 'cifar100', 'Tiny': 'tiny_imagenet',
+             'ImageNet64': 'imagenet64'}
+_SUBSETS = ('imagenette', 'imagewoof', 'imagefruit', 'imagemeow', 'imagesquawk', 'imageyellow')
+# The ConvNet variants of MTT's get_network that differ from ours in a way the parameter
+# shapes cannot show: (what they use, why it cannot be imported).
+_UNSUPPORTED = {
+    'BN': 'batch norm', 'LN': 'layer norm', 'GN': 'group norm',
+    'AS': 'sigmoid activations', 'AL': 'leaky ReLU activations', 'ASwish': 'swish activations',
+    'ASwishBN': 'swish activations and batch norm', 'MP': 'max pooling', 'NP': 'no pooling',
+}
+
+
+class BufferFolder(NamedTuple):
+    """What the path MTT's buffer.py wrote a buffer to says (None: it does not say)."""
+    model: str | None          # the --model of buffer.py, e.g. 'ConvNet', 'ConvNetD4'
+    dataset: str | None        # our dataset name
+    zca: bool | None
+    depth: int | None = None   # from ConvNetD<n>
+    width: int | None = None   # from ConvNetW<n>
+    norm: str | None = None    # 'none' for ConvNetNN
+
+
+def read_buffer_folder(folder: str) -> BufferFolder:
+    """Reads the model, dataset and ZCA choice off a buffer folder's path in MTT's layout
+    (``buffers/CIFAR10_NO_ZCA/ConvNetD4``, ``buffers/ImageNet/imagenette/128/ConvNetD5``).
+
+    Raises:
+      BufferError: the folder names a ConvNet variant this library does not have (batch,
+        layer or group norm; sigmoid, leaky or swish activations; max or no pooling), whose
+        parameters have the instance-norm ConvNet's shapes and would import silently as it.
+    """
+    parts = os.path.normpath(os.path.abspath(folder)).split(os.sep)
+    name = parts[-1]
+    suffix = name[len('ConvNet'):] if name.startswith('ConvNet') else None
+    bad = suffix is not None and re.fullmatch(r'(D\d+|W\d+)?(%s)' % '|'.join(
+        sorted(_UNSUPPORTED, key=len, reverse=True)), suffix)
+    if bad:
+        raise BufferError(f'{folder} holds {name} buffers ({_UNSUPPORTED[bad.group(2)]}): '
+                          'their parameters have the shapes of the instance-norm ReLU ConvNet '
+                          'with average pooling, the only ConvNet mct_jax trains, but they '
+                          'compute something else, so they cannot be imported. Import ConvNet '
+                          'buffers (buffer.py --model=ConvNet, or ConvNetD<n>, ConvNetW<n>, '
+                          'ConvNetNN).')
+    known = suffix is not None and re.fullmatch(r'D(\d+)|W(\d+)|NN|IN|AR|AP|', suffix)
+    if not known:
+        return BufferFolder(None, None, None)
+    depth = int(known.group(1)) if known.group(1) else None
+    width = int(known.group(2)) if known.group(2) else None
+    norm = 'none' if suffix == 'NN' else 'instancenorm'   # get_network's default norm
+    dataset, zca = None, None
+    parent = parts[-2] if len(parts) > 1 else ''
+    base = parent[:-len('_NO_ZCA')] if parent.endswith('_NO_ZCA') else parent
+    if base in ('CIFAR10', 'CIFAR100'):
+        dataset, zca = _DATASETS[base], not parent.endswith('_NO_ZCA')
+    elif base in _DATASETS:
+        dataset = _DATASETS[base]
+    elif len(parts) > 3 and parts[-3] in _SUBSETS and parts[-4] == 'ImageNet':
+        dataset = parts[-3]
+    return BufferFolder(name, dataset, zca, depth, width, norm)
+
+
+def check_trajectories_move(buf, name: str) -> None:
+    """Refuses a buffer whose trajectory repeats a snapshot: an expert that did not move in
+    some epoch gives the trajectory-matching loss a zero denominator (``loss inf``)."""
+    torch = _torch()
+    for i, traj in enumerate(buf):
+        still = [t for t in range(1, len(traj))
+                 if all(torch.equal(a, b) for a, b in zip(traj[t - 1], traj[t]))]
+        if len(still) == len(traj) - 1:
+            raise BufferError(
+                f'{name}: every snapshot of trajectory {i} is the same network, so there is '
+                'no trajectory to match. This is what MTT\'s buffer.py writes on a CPU: there '
+                '`p.detach().cpu()` returns the live parameter itself, so each stored snapshot '
+                'is the final network. Write the buffers again with '
+                '`[p.detach().cpu().clone() for p in teacher_net.parameters()]` (or on a GPU), '
+                'or train the experts here: python -m mct_jax.expert.')
+        if still:
+            raise BufferError(
+                f'{name}: trajectory {i} does not move in epoch {still[0]} (snapshots '
+                f'{still[0] - 1} and {still[0]} are equal); matching a segment that ends there '
+                'divides by zero. Check how the buffer was written (a learning rate of 0, a '
+                'snapshot saved twice), or train the experts here: python -m mct_jax.expert.')
+
+
 def snapshot_to_params(snapshot, model: BufferModel) -> dict:
     """One snapshot (PyTorch tensors in ``parameters()`` order) as this library's ConvNet
     parameter pytree (NumPy, the tensors' dtype)."""
@@ -218,6 +304,7 @@ def import_buffers(folder: str, expert_dir: str, config: dict, expected: BufferM
             raise BufferError(f'{os.path.basename(path)} holds {got} with {k} epochs, unlike '
                               f'{os.path.basename(files[0])} ({model}, {epochs} epochs); '
                               'import each kind of buffer into its own --expert_dir.')
+        check_trajectories_move(buf, os.path.basename(path))
         counts.append(len(buf))
         del buf
     diffs = [f'{name}={getattr(model, name)} in the buffers but {getattr(expected, name)} in '

@@ -167,3 +167,19 @@ def test_expert_killed_within_an_epoch_resumes_there(experts, tmp_path):
             b = checkpoint.load_tree(os.path.join(folder, f'expert_{i:04d}', part))
             for x, y in zip(_leaves(a), _leaves(b)):
                 np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_give_files_the_users_mode(tmp_path, umask, mode):
+    """JSON and npz files written atomically get 0666 less the umask, as every other file
+    the commands write (torch.save's .pt files, pictures), not the temporary file's 0600."""
+    old = os.umask(umask)
+    try:
+        checkpoint.write_json(str(tmp_path / 'a.json'), {'x': 1})
+        checkpoint.write_npz(str(tmp_path / 'b.npz'), x=np.zeros(2))
+        with open(tmp_path / 'c.txt', 'w') as f:
+            f.write('plain')
+    finally:
+        os.umask(old)
+    for name in ('a.json', 'b.npz', 'c.txt'):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == mode, name

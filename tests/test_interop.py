@@ -42,15 +42,19 @@ class RefConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def write_buffer(path, experts=2, epochs=3, seed=0, **kw):
+def write_buffer(path, experts=2, epochs=3, seed=0, clone=True, **kw):
     """A replay_buffer file as MTT's buffer.py writes one: per expert, the parameters() after
-    every epoch of SGD (here a few random steps each), detached on the CPU."""
+    every epoch of SGD (here a few random steps each), detached on the CPU. ``clone=False``
+    stores them as buffer.py does on a CPU, where ``p.detach().cpu()`` is the live
+    parameter: every snapshot then is the final network."""
+    snap = (lambda net: [p.detach().cpu().clone() for p in net.parameters()]) if clone else \
+        (lambda net: [p.detach().cpu() for p in net.parameters()])
     torch.manual_seed(seed)
     trajectories = []
     for _ in range(experts):
         net = RefConvNet(**kw).double()
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        snaps = [[p.detach().cpu().clone() for p in net.parameters()]]
+        snaps = [snap(net)]
         for _ in range(epochs):
             for _ in range(2):
                 x = torch.randn(8, kw.get('channels', 1), kw.get('side', 16), kw.get('side', 16),
@@ -59,7 +63,7 @@ def write_buffer(path, experts=2, epochs=3, seed=0, **kw):
                 opt.zero_grad()
                 nn.functional.cross_entropy(net(x), y).backward()
                 opt.step()
-            snaps.append([p.detach().cpu().clone() for p in net.parameters()])
+            snaps.append(snap(net))
         trajectories.append(snaps)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(trajectories, path)
@@ -222,3 +226,69 @@ def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, kind, message)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
     assert not os.path.exists(experts)
+
+
+def test_buffers_written_without_clone_on_a_cpu_are_refused(tmp_path):
+    """buffer.py on a CPU stores live parameters: every snapshot is the final network, and
+    distillation would log loss inf. The import names the cause and the fix."""
+    folder, experts = str(tmp_path / 'buffers'), str(tmp_path / 'experts')
+    write_buffer(os.path.join(folder, 'replay_buffer_0.pt'), clone=False)
+    proc = _cli('expert', *DIGITS, f'--import_buffers={folder}', f'--expert_dir={experts}')
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'every snapshot of trajectory 0 is the same network' in proc.stderr
+    assert '.clone()' in proc.stderr and not os.path.exists(experts)
+
+
+def test_a_trajectory_that_stops_moving_is_refused(tmp_path):
+    path = str(tmp_path / 'replay_buffer_0.pt')
+    trajectories = write_buffer(path, experts=2, epochs=3)
+    trajectories[1][2] = [p.clone() for p in trajectories[1][1]]   # epoch 2 repeats epoch 1
+    torch.save(trajectories, path)
+    with pytest.raises(interop.BufferError, match='trajectory 1 does not move in epoch 2'):
+        interop.import_buffers(str(tmp_path), str(tmp_path / 'experts'), {},
+                               interop.infer_model([tuple(p.shape)
+                                                    for p in trajectories[0][0]]))
+    assert not os.path.exists(tmp_path / 'experts')
+
+
+@pytest.mark.parametrize('path,want', [
+    ('buffers/CIFAR10/ConvNet', ('ConvNet', 'cifar10', True, None, None, 'instancenorm')),
+    ('buffers/CIFAR100_NO_ZCA/ConvNetD4', ('ConvNetD4', 'cifar100', False, 4, None,
+                                           'instancenorm')),
+    ('buffers/Tiny/ConvNetW64', ('ConvNetW64', 'tiny_imagenet', None, None, 64,
+                                 'instancenorm')),
+    ('buffers/ImageNet/imagewoof/128/ConvNetD5', ('ConvNetD5', 'imagewoof', None, 5, None,
+                                                  'instancenorm')),
+    ('buffers/CIFAR10_NO_ZCA/ConvNetNN', ('ConvNetNN', 'cifar10', False, None, None, 'none')),
+    ('my_buffers', (None, None, None, None, None, None)),
+])
+def test_the_folder_says_model_dataset_and_zca_as_buffer_py_names_it(path, want):
+    assert tuple(interop.read_buffer_folder(path)) == want
+
+
+@pytest.mark.parametrize('name,what', [('ConvNetBN', 'batch norm'), ('ConvNetLN', 'layer norm'),
+                                       ('ConvNetGN', 'group norm'), ('ConvNetMP', 'max pooling'),
+                                       ('ConvNetAS', 'sigmoid'), ('ConvNetD4BN', 'batch norm')])
+def test_variants_with_the_same_shapes_but_other_layers_are_refused(name, what):
+    with pytest.raises(interop.BufferError, match=f'{name} buffers \\({what}'):
+        interop.read_buffer_folder(f'buffers/CIFAR10/{name}')
+
+
+@pytest.mark.parametrize('folder,flags,message', [
+    ('CIFAR10_NO_ZCA/ConvNet', ['--dataset=digits'],
+     "--dataset=digits, but {folder} holds buffers of 'cifar10'"),
+    ('CIFAR10_NO_ZCA/ConvNet', ['--dataset=cifar10', '--zca'],
+     '--zca=True, but {folder} holds buffers of False'),
+    ('CIFAR10/ConvNetBN', ['--dataset=cifar10'], 'ConvNetBN buffers (batch norm)'),
+    ('digits/ConvNetD4', ['--dataset=digits'], 'is named ConvNetD4, but its parameters are '
+                                                'those of a ConvNet with depth=3'),
+])
+def test_the_folder_contradicting_the_flags_or_the_shapes_is_refused(tmp_path, folder, flags,
+                                                                      message):
+    path = str(tmp_path / 'buffers' / folder)
+    write_buffer(os.path.join(path, 'replay_buffer_0.pt'), experts=1, epochs=2)
+    experts = str(tmp_path / 'experts')
+    proc = _cli('expert', *flags, f'--import_buffers={path}', f'--expert_dir={experts}')
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message.format(folder=path) in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and not os.path.exists(experts)

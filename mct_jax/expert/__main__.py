@@ -25,18 +25,43 @@ def import_buffers():
     (flags that are set must agree); the data flags say what the experts were trained on."""
     folder = FLAGS.import_buffers
     files = interop.buffer_files(folder)
+    path = interop.read_buffer_folder(folder)
     first = interop.read_buffer_file(files[0])
     found = interop.infer_model([tuple(p.shape) for p in first[0][0]])
     epochs = len(first[0]) - 1
     del first
+    named = {k: getattr(path, k) for k in ('width', 'depth', 'norm')
+             if getattr(path, k) is not None and getattr(path, k) != getattr(found, k)}
+    if named:
+        raise interop.BufferError(
+            f'{folder} is named {path.model}, but its parameters are those of a ConvNet with '
+            + ', '.join(f'{k}={getattr(found, k)}' for k in named) + '; the folder was '
+            'renamed or holds other buffers. Import the buffers from the folder buffer.py '
+            'wrote them to.')
     read = {'width': found.width, 'depth': found.depth, 'norm': found.norm,
             'train_epochs': epochs}
+    told = {'dataset': path.dataset, 'zca': path.zca}
+    problems = [f'--{k}={FLAGS[k].value}, but {folder} holds buffers of {v!r} (buffer.py '
+                f'writes <dataset>[_NO_ZCA]/<model>); use --{k}={v} or the buffers of '
+                f'that setting.' for k, v in told.items()
+                if v is not None and FLAGS[k].present and FLAGS[k].value != v]
+    validate.raise_if_any(problems, 'import')
+    read.update({k: v for k, v in told.items() if v is not None})
     taken = [name for name, value in read.items() if not FLAGS[name].present]
     for name in taken:
         FLAGS[name].value = read[name]
     if taken:
-        logging.info('Read from %s: %s.', files[0],
+        logging.info('Read from %s: %s.', folder if path.model else files[0],
                      ', '.join(f'--{n}={FLAGS[n].value}' for n in taken))
+    if path.model is None:
+        logging.info('%s is not named as buffer.py names its folders (<dataset>[_NO_ZCA]/'
+                     'ConvNet...): assumed the instance-norm ReLU ConvNet with average pooling '
+                     'that the shapes describe, and the data of --dataset=%s with --zca=%s.',
+                     folder, FLAGS.dataset, FLAGS.zca)
+    if FLAGS.train_images_per_class is not None:
+        logging.warning('--train_images_per_class=%d: recorded as what the experts were '
+                        'trained on; buffer.py trains on every training image.',
+                        FLAGS.train_images_per_class)
     problems = validate.expert_command_problems()
     if FLAGS.val_images_per_class:
         problems.append(f'--val_images_per_class={FLAGS.val_images_per_class}: imported experts '
