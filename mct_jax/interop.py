@@ -15,12 +15,16 @@ architecture off its shapes, :func:`snapshot_to_params` maps one snapshot to thi
 parameter pytree (kernels OIHW -> HWIO; the classifier's input columns from PyTorch's
 (C, H, W) flattening to ours, (H, W, C)), and :func:`import_buffers` writes mct_jax experts
 (anchors and betas computed from the snapshots, the full trajectory when asked).
+:func:`read_buffer_folder` reads what ``buffer.py``'s folder names say (the model variant,
+the dataset, the ZCA choice) and refuses the variants whose shapes match ours but whose
+layers do not; :func:`check_trajectories_move` refuses trajectories that repeat a snapshot.
 
-**Export.** :func:`export_set` writes what PyTorch evaluators load: ``images.pt`` (NCHW, in
-the space the set lives in: standardised or ZCA-whitened), ``labels.pt`` (int64 classes, or
-float32 probabilities for soft labels), ``lr.pt`` and ``preprocessing.json``, which says how
-to prepare the test images identically (mean and std, or the ZCA transform saved beside it
-as ``zca.pt``, in PyTorch's (C, H, W) flattening).
+**Export.** :func:`export_set` writes what PyTorch evaluators load: the images (NCHW, in
+the space the set lives in: standardised or ZCA-whitened), the labels (int64 classes, or
+float32 probabilities for soft labels) and the learned lr, under our names or the
+reference's (:data:`EXPORT_NAMES`), and ``preprocessing.json``, which says how to prepare
+the test images identically (mean and std, or the ZCA transform saved beside it as
+``zca.pt``, in PyTorch's (C, H, W) flattening) and what an outside scorer needs.
 
 PyTorch is an optional dependency (``pip install -e '.[bench]'``); only these two functions
 import it.
@@ -345,34 +349,60 @@ def import_buffers(folder: str, expert_dir: str, config: dict, expected: BufferM
 
 # ----------------------------------------------------------------------------- export
 
-def export_set(synthetic: dict, ds: data.Dataset, folder: str) -> dict:
+# The files an export writes, by naming: ours, or the names the MTT family's distill.py
+# writes and its evaluation scripts read (images_best.pt, labels_best.pt; DATM adds
+# lr_best.pt for the learned lr, which MTT's evaluate_synset takes as args.lr_net).
+EXPORT_NAMES = {
+    'mct_jax': {'images': 'images.pt', 'labels': 'labels.pt', 'lr': 'lr.pt'},
+    'reference': {'images': 'images_best.pt', 'labels': 'labels_best.pt', 'lr': 'lr_best.pt'},
+}
+
+
+def export_set(synthetic: dict, ds: data.Dataset, folder: str, names: str = 'mct_jax') -> dict:
     """Writes a distilled set for PyTorch evaluators (see the module docstring).
 
     Args:
       synthetic: a saved set (:func:`mct_jax.evaluate.load_synthetic`).
       ds: the dataset it was distilled from (its preprocessing is described).
-      folder: where ``images.pt``, ``labels.pt``, ``lr.pt``, ``preprocessing.json`` (and
-        ``zca.pt``) go.
+      folder: where the images, labels and lr files (:data:`EXPORT_NAMES`),
+        ``preprocessing.json`` (and ``zca.pt``) go.
+      names: ``'mct_jax'`` (``images.pt``, ``labels.pt``, ``lr.pt``) or ``'reference'``
+        (``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``).
     Returns:
-      The preprocessing description that was written.
+      The description written as ``preprocessing.json``.
     """
     torch = _torch()
+    files = EXPORT_NAMES[names]
     os.makedirs(folder, exist_ok=True)
     images = np.ascontiguousarray(
         np.asarray(synthetic['images'], np.float32).transpose(0, 3, 1, 2))
     labels = np.asarray(synthetic['labels'])
-    torch.save(torch.from_numpy(images), os.path.join(folder, 'images.pt'))
-    torch.save(torch.from_numpy(labels.astype(np.float32 if labels.ndim == 2 else np.int64)),
-               os.path.join(folder, 'labels.pt'))
-    torch.save(torch.tensor(float(synthetic['lr'])), os.path.join(folder, 'lr.pt'))
+    soft = bool(labels.ndim == 2)
+    torch.save(torch.from_numpy(images), os.path.join(folder, files['images']))
+    torch.save(torch.from_numpy(labels.astype(np.float32 if soft else np.int64)),
+               os.path.join(folder, files['labels']))
+    torch.save(torch.tensor(float(synthetic['lr'])), os.path.join(folder, files['lr']))
     h, w, c = ds.image_shape
+    settings = synthetic['settings']
     prep: dict[str, Any] = {
-        'dataset': synthetic['settings'].get('dataset'),
-        'layout': 'NCHW float32; labels.pt: int64 classes [n], or float32 probabilities '
-                  '[n, classes] for soft labels; lr.pt: the learned student learning rate',
+        'dataset': settings.get('dataset'),
+        'files': files,
+        'layout': f"{files['images']}: NCHW float32; {files['labels']}: int64 classes [n], or "
+                  f"float32 probabilities [n, classes] for soft labels; {files['lr']}: the "
+                  'learned student learning rate (a 0-d tensor: .item() gives the float '
+                  "MTT's evaluate_synset takes as args.lr_net)",
         'class_names': list(ds.class_names),
         'pixels': 'x = uint8 image / 255, NCHW',
-        'soft_labels': bool(labels.ndim == 2),
+        'soft_labels': soft,
+        'evaluators': ('soft labels: evaluate with a soft-label cross-entropy (DATM, '
+                       "DD-Ranking); MTT's evaluate_synset casts labels with .long() and "
+                       'fails on probabilities') if soft else
+                      "hard labels: any evaluator, MTT's evaluate_synset included",
+        'ipc': settings.get('ipc'),
+        'network': {k: settings.get(k) for k in ('width', 'depth', 'norm', 'act', 'pool')},
+        'train_images_per_class': settings.get('train_images_per_class'),
+        'method': settings.get('method'),
+        'learned': bool(synthetic.get('changed', True)),
     }
     if ds.zca is None:
         prep.update(space='standardised', mean=[float(v) for v in ds.mean],

@@ -177,26 +177,27 @@ class RunFolder:
                 'train/seconds_per_iteration': record['seconds'], 'train/fault': fault})
 
     def record_evaluation(self, iteration: int, syn, labels, summaries: dict,
-                          opt_state, classes=None) -> bool:
+                          opt_state, classes=None, changed: bool = True) -> bool:
         """Everything an evaluation writes, in crash-safe order: the metrics line, the
         latest and (if better on the selection split) best synthetic sets, events and
         pictures, then the checkpoint (which marks all of it done). ``summaries``: split
         name -> summary, 'test' always, 'validation' when the run has one. ``labels``: [n]
         classes or [n, K] probabilities; ``classes``: each image's class, for pictures (the
-        labels themselves when they are classes). Returns whether the set is the best so
-        far."""
+        labels themselves when they are classes); ``changed``: whether the set differs from
+        the one the run started from (saved with it). Returns whether the set is the best
+        so far."""
         classes = np.asarray(labels if classes is None else classes)
         lr = float(syn['lr'])
         record = {'iteration': iteration, 'eval': summaries['test']}
         if 'validation' in summaries:
             record['val'] = summaries['validation']
         self._log(dict(record, selected_on=self.selected_on, lr=lr))
-        self._save_set('synthetic.npz', syn, labels, classes, iteration, summaries)
+        self._save_set('synthetic.npz', syn, labels, classes, iteration, summaries, changed)
         score = summaries[self.selected_on]['mean']
         improved = score > self.best
         if improved:
             self.best, self.best_iteration = score, iteration
-            self._save_set('best.npz', syn, labels, classes, iteration, summaries)
+            self._save_set('best.npz', syn, labels, classes, iteration, summaries, changed)
         if self.writer:
             scalars = {'eval/accuracy_mean': summaries['test']['mean'],
                        'eval/accuracy_std': summaries['test']['std'], 'eval/best': self.best}
@@ -209,10 +210,12 @@ class RunFolder:
         self._save_checkpoint(syn, opt_state, iteration)
         return improved
 
-    def _save_set(self, name, syn, labels, classes, iteration, summaries) -> None:
+    def _save_set(self, name, syn, labels, classes, iteration, summaries,
+                  changed: bool = True) -> None:
         """A synthetic set with its accuracies: ``accuracy_mean``/``_std`` on the test set,
-        ``val_accuracy_mean``/``_std`` on the validation split when there is one, and
-        ``selected_on``, the split that chooses ``best.npz``. Soft labels are saved as
+        ``val_accuracy_mean``/``_std`` on the validation split when there is one,
+        ``selected_on``, the split that chooses ``best.npz``, and ``changed``, False for a
+        set still equal to the run's initial one. Soft labels are saved as
         probabilities ``labels`` [n, K], with ``classes`` [n] and, when learned, their
         ``label_logits``."""
         if not self.primary:
@@ -231,6 +234,7 @@ class RunFolder:
                          val_accuracy_std=np.float64(summaries['validation']['std']))
         checkpoint.write_npz(self.file(name), images=images, **extra,
                              lr=np.float32(syn['lr']), iteration=np.int64(iteration),
+                             changed=np.bool_(changed),
                              accuracy_mean=np.float64(summaries['test']['mean']),
                              accuracy_std=np.float64(summaries['test']['std']),
                              selected_on=np.asarray(self.selected_on),

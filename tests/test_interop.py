@@ -292,3 +292,45 @@ def test_the_folder_contradicting_the_flags_or_the_shapes_is_refused(tmp_path, f
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message.format(folder=path) in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not os.path.exists(experts)
+
+
+def test_a_run_that_learns_nothing_says_so_and_its_export_too(tmp_path):
+    """An lr step far larger than the lr skips every update: after a few the run says that
+    nothing is being learned and names an --lr_lr that fits; the saved set and its export
+    (with the reference's file names) say that it never changed."""
+    buffers, experts = str(tmp_path / 'buffers'), str(tmp_path / 'experts')
+    write_buffer(os.path.join(buffers, 'replay_buffer_0.pt'), experts=2, epochs=3)
+    proc = _cli('expert', *DIGITS, f'--import_buffers={buffers}', f'--expert_dir={experts}')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = str(tmp_path / 'run')
+    proc = _cli('distill', f'--expert_dir={experts}', f'--out_dir={run}', '--ipc=1',
+                '--syn_steps=2', '--expert_epochs=1', '--max_start_epoch=2', '--lr_lr=1000',
+                '--iterations=6', '--eval_every=6', '--num_eval=1', '--eval_epochs=2',
+                '--progress=log')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count('non-positive learned lr; the update was skipped') == 6
+    assert proc.stderr.count('nothing is being learned') == 1
+    advice = proc.stderr[proc.stderr.index('nothing is being learned'):]
+    suggested = float(advice.split('Use --lr_lr=')[1].split()[0])
+    assert 0 < suggested < 1000
+    assert 'The set never changed' in proc.stderr
+    for name in ('best.npz', 'synthetic.npz'):
+        with np.load(os.path.join(run, name)) as z:
+            assert not bool(z['changed'])
+    proc = _cli('evaluate', f'--synthetic={run}', f'--export={tmp_path}/export',
+                '--export_names=reference')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'never changed from its initial real images' in proc.stderr
+    prep = json.load(open(tmp_path / 'export' / 'preprocessing.json'))
+    assert prep['learned'] is False and prep['ipc'] == 1 and prep['network']['width'] == 8
+    assert prep['files'] == {'images': 'images_best.pt', 'labels': 'labels_best.pt',
+                             'lr': 'lr_best.pt'}
+    with np.load(os.path.join(run, 'best.npz')) as z:
+        np.testing.assert_array_equal(torch.load(tmp_path / 'export' / 'images_best.pt').numpy(),
+                                      z['images'].transpose(0, 3, 1, 2))
+        assert torch.load(tmp_path / 'export' / 'labels_best.pt').dtype == torch.int64
+        assert torch.load(tmp_path / 'export' / 'lr_best.pt').item() == pytest.approx(
+            float(z['lr']))
+    for name in ('preprocessing.json', 'images_best.pt'):
+        assert os.stat(tmp_path / 'export' / name).st_mode & 0o777 == \
+            os.stat(tmp_path / 'export' / 'labels_best.pt').st_mode & 0o777

@@ -186,6 +186,9 @@ flags.DEFINE_enum('baseline', None, ['random', 'full'], 'Evaluate a baseline ins
 flags.DEFINE_string('export', None, 'Instead of evaluating --synthetic, write it for PyTorch '
                     'evaluators into this folder: images.pt (NCHW, in its space), labels.pt, '
                     'lr.pt, preprocessing.json (and zca.pt). Needs PyTorch.')
+flags.DEFINE_enum('export_names', 'mct_jax', ['mct_jax', 'reference'], 'File names of '
+                  '--export: mct_jax (images.pt, labels.pt, lr.pt) or reference (the MTT '
+                  "family's images_best.pt, labels_best.pt, and DATM's lr_best.pt).")
 flags.DEFINE_list('models', None, 'Cross-architecture evaluation of --synthetic: these '
                   'architectures (convnet = the set\'s own ConvNet, convnet_bn, convnet_nn, mlp, '
                   'lenet, alexnet, vgg11, vgg11_bn, resnet18, resnet18_bn, resnet18_ap, '

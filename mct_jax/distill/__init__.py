@@ -151,6 +151,9 @@ def start_window(s: Settings, iteration: int) -> tuple[float, float]:
 
 
 FAULTS = ('ok', 'non-finite loss', 'non-finite gradient', 'non-positive learned lr')
+# After this many consecutive updates skipped for a non-positive learned lr, the run says
+# plainly that nothing is being learned, and how to change that.
+SKIPS_BEFORE_ALERT = 5
 
 
 def make_update(tx: optax.GradientTransformation, device=None):
@@ -480,6 +483,7 @@ class Distiller:
         """One distillation iteration; returns (syn, opt_state, loss, fault, samples)."""
         args, samples = self._meta_grad_args(syn, labels, iteration)
         loss, grads = self.meta_grad(*args)
+        self._lr_grad = grads['lr']   # for the advice when the lr keeps crossing zero
         syn, opt_state, fault = self.update(syn, opt_state, grads, loss)
         return syn, opt_state, float(loss), int(fault), samples
 
@@ -508,6 +512,10 @@ class Distiller:
         s, folder = self.s, self.folder
         folder.check_settings()
         syn, opt_state, labels = self.initial_state()
+        initial = np.asarray(syn['images']), float(syn['lr'])
+        changed = lambda syn: bool(float(syn['lr']) != initial[1] or not np.array_equal(
+            np.asarray(syn['images']), initial[0]))
+        self._lr_skips = 0
         if self.primary:
             logging.info('Devices: %s.', self.device_plan)
             if self.residual_plan:
@@ -548,7 +556,8 @@ class Distiller:
                         f'{name} {v["mean"]:.2f} +- {v["std"]:.2f} %'
                         for name, v in summaries.items()) + f' (lr {lr:.4g})')
                     folder.record_evaluation(it, syn, rollout.targets(syn, labels), summaries,
-                                             opt_state, classes=self.classes)
+                                             opt_state, classes=self.classes,
+                                             changed=changed(syn))
                     result = {'iteration': it, 'accuracy': summaries['test'],
                               **({'validation': summaries['validation']}
                                  if 'validation' in summaries else {}),
@@ -573,7 +582,9 @@ class Distiller:
                     record['window'] = list(start_window(s, it))
                 folder.record_iteration(record, fault)
                 if fault:
-                    self._on_fault(it, fault, bar)
+                    self._on_fault(it, fault, bar, lr)
+                else:
+                    self._lr_skips = 0
                 stats = {'loss': loss, 'lr': lr}
                 if last_acc is not None:
                     stats['acc'] = round(last_acc, 2)
@@ -583,11 +594,32 @@ class Distiller:
                 ahead.join()
             bar.close()
             folder.close()
+        if self.primary and not changed(syn):
+            logging.warning('The set never changed: every update was skipped, so the saved '
+                            'sets are the initial real images (their files say changed=False); '
+                            'see the warnings above for the fix.')
         return result
 
-    def _on_fault(self, iteration: int, fault: int, bar) -> None:
+    def _on_fault(self, iteration: int, fault: int, bar, lr: float) -> None:
         msg = (f'iteration {iteration}: {FAULTS[fault]}; the update was skipped. Usually '
                '--lr_img or --lr_lr is too large: lower it.')
         if self.s.on_fault == 'stop':
             raise FloatingPointError(msg + ' (stopping because --on_fault=stop)')
         bar.write('warning: ' + msg)
+        self._lr_skips = self._lr_skips + 1 if FAULTS[fault] == 'non-positive learned lr' else 0
+        if self._lr_skips == SKIPS_BEFORE_ALERT:
+            bar.write('warning: ' + self.lr_advice(lr, float(jnp.abs(self._lr_grad))))
+
+    def lr_advice(self, lr: float, lr_grad: float) -> str:
+        """What to say when the learned lr keeps crossing zero: nothing is learned, why, and
+        the ``--lr_lr`` that would keep a step of the lr well inside it."""
+        most = lr / max(lr_grad, 1e-30) / 10
+        return (f'nothing is being learned: the last {SKIPS_BEFORE_ALERT} updates were all '
+                f'skipped because each would have made the learned lr ({lr:.3g}) negative. '
+                f'Its gradient is about {lr_grad:.3g}, so one step of --lr_lr={self.s.lr_lr:g} '
+                'moves it by more than its value. This happens with experts that take few SGD '
+                'steps per epoch (few training images): the matched segment is short and the '
+                "lr's gradient large, while --lr_lr=1e-5 (MTT's default) suits experts of "
+                'about 200 steps per epoch (CIFAR-10 in batches of 256). Use '
+                f'--lr_lr={most:.1g} or lower, so that a step moves the lr by at most a tenth '
+                'of it, or --freeze_lr to keep it fixed.')

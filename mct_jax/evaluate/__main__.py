@@ -187,9 +187,14 @@ def main(argv):
                                  f'run has {k}={v!r}; pass the same data flags (or leave '
                                  'them out).')
         if FLAGS.export:
-            interop.export_set(syn, ds, FLAGS.export)
-            logging.info('Wrote %s: images.pt, labels.pt, lr.pt, preprocessing.json%s.',
-                         FLAGS.export, ', zca.pt' if ds.zca is not None else '')
+            prep = interop.export_set(syn, ds, FLAGS.export, FLAGS.export_names)
+            if not prep['learned']:
+                logging.warning('%s never changed from its initial real images (every update '
+                                'of its run was skipped); preprocessing.json says '
+                                '"learned": false.', FLAGS.synthetic)
+            logging.info('Wrote %s: %s, preprocessing.json%s.', FLAGS.export,
+                         ', '.join(prep['files'].values()),
+                         ', zca.pt' if ds.zca is not None else '')
             print(json.dumps({'export': FLAGS.export, 'images': int(len(syn['images']))}))
             return
         if FLAGS.models or FLAGS.report:
