@@ -297,11 +297,15 @@ def test_the_folder_contradicting_the_flags_or_the_shapes_is_refused(tmp_path, f
 def test_a_run_that_learns_nothing_says_so_and_its_export_too(tmp_path):
     """An lr step far larger than the lr skips every update: after a few the run says that
     nothing is being learned and names an --lr_lr that fits; the saved set and its export
-    (with the reference's file names) say that it never changed."""
+    (with the reference's file names) say that it never changed. The import leaves
+    --train_images_per_class out (every image, as buffer.py trains): distillation takes
+    that from the experts."""
     buffers, experts = str(tmp_path / 'buffers'), str(tmp_path / 'experts')
     write_buffer(os.path.join(buffers, 'replay_buffer_0.pt'), experts=2, epochs=3)
-    proc = _cli('expert', *DIGITS, f'--import_buffers={buffers}', f'--expert_dir={experts}')
+    proc = _cli('expert', '--dataset=digits', f'--import_buffers={buffers}',
+                f'--expert_dir={experts}')
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.load(open(os.path.join(experts, 'config.json')))['train_images_per_class'] is None
     run = str(tmp_path / 'run')
     proc = _cli('distill', f'--expert_dir={experts}', f'--out_dir={run}', '--ipc=1',
                 '--syn_steps=2', '--expert_epochs=1', '--max_start_epoch=2', '--lr_lr=1000',
