@@ -127,6 +127,34 @@ def test_cross_architecture_report_through_the_command_line(tmp_path):
     assert again['mlp']['random'] == results['mlp']['random']
 
 
+@pytest.mark.slow
+def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
+    """A set with teacher soft labels, scored: HLR compares the full data with the set's
+    images trained on their classes (DD-Ranking's definition), IOR uses the set's own labels,
+    each averaged over the runs; an unselected synthetic.npz is said to be unselected, the
+    full data is named, and the baseline cache key holds the data source."""
+    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
+    _run('expert', *TINY, f'--expert_dir={experts}')
+    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+         '--labels=teacher', *DISTILL_ONLY)
+    cache = tmp_path / 'cache'
+    proc = _run('evaluate', f'--synthetic={out}/synthetic.npz', '--models=convnet', '--report',
+                '--num_eval=2', '--eval_epochs=2', '--full_data_epochs=1',
+                f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report')
+    r = json.loads(proc.stdout.strip().splitlines()[-1])['convnet']
+    hard, sc = r['hard_labels'], r['scores']
+    assert len(hard['all']) == 2 and sc['runs'] == 2
+    assert sc['HLR'] == pytest.approx(r['full']['mean'] - hard['mean'], abs=1e-6)
+    assert sc['IOR'] == pytest.approx(r['test']['mean'] - r['random']['mean'], abs=1e-6)
+    md = open(tmp_path / 'report' / 'cross_architecture.md').read()
+    assert 'selected on: none (the set as saved)' in md and 'optimistic' not in md
+    assert 'full data: 100 training images (the first 10 of each class)' in md
+    assert 'soft labels: HLR trains the images once more with their classes' in md
+    keys = [json.load(open(os.path.join(cache, f)))['key']['data']
+            for f in os.listdir(cache) if f.endswith('.json')]
+    assert keys and all(k['data_source'] == 'sklearn' for k in keys)
+
+
 def _read_events(folder):
     """(tag, step, value) of every scalar in a folder's TensorBoard event files, read with
     the record format (length, CRC, Event proto) rather than with the writer."""

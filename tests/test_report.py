@@ -25,6 +25,40 @@ def test_scores_follow_dd_rankings_definitions():
         report.scores(50, 20, 80, weight=1.5)
 
 
+def _lrs(ior, hlr, w=0.5):
+    a = w * ior - (1 - w) * hlr
+    return 100 * (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
+def test_scores_per_run_pair_the_runs_and_average_each_score():
+    """Hand-computed, two runs of a soft-label set: IOR from its own labels, HLR from its
+    images with hard labels; the mean of the runs' LRS, not the LRS of the mean accuracies."""
+    s = report.scores_per_run(own=[60.0, 70.0], random=[30.0, 40.0], hard=[55.0, 70.0],
+                              full=[85.0, 90.0])
+    # run 0: IOR 0.30, HLR 0.30; run 1: IOR 0.30, HLR 0.20
+    assert s['IOR'] == pytest.approx(30.0) and s['IOR_std'] == pytest.approx(0.0)
+    assert s['HLR'] == pytest.approx(25.0) and s['HLR_std'] == pytest.approx(5.0)
+    want = (_lrs(0.30, 0.30) + _lrs(0.30, 0.20)) / 2
+    assert s['LRS'] == pytest.approx(want)
+    assert s['LRS_std'] == pytest.approx(abs(_lrs(0.30, 0.30) - _lrs(0.30, 0.20)) / 2)
+    assert s['LRS'] != pytest.approx(_lrs(0.30, 0.25), abs=1e-9)
+    assert s['runs'] == 2 and s['weight'] == 0.5
+    # a hard-label set: its own accuracies are the hard-label ones; unequal lists are cut
+    h = report.scores_per_run([60.0, 70.0, 99.0], [30.0, 40.0], [60.0, 70.0], [85.0, 90.0])
+    assert h['runs'] == 2 and h['HLR'] == pytest.approx(22.5)
+    with pytest.raises(ValueError, match='at least one run'):
+        report.scores_per_run([], [1.0], [1.0], [1.0])
+
+
+def test_lrs_at_the_default_weight_tops_out_below_one():
+    """a = w IOR - (1 - w) HLR lies in [-1, w] (IOR in [-1, 1], HLR in [0, 1] for a set no
+    better than the full data): at w = 0.5 even a perfect set scores
+    (e^0.5 - e^-1) / (e - e^-1) = 54.5 %; the worst scores 0."""
+    assert report.scores(100, 0, 100)['LRS'] == pytest.approx(54.49, abs=0.01)
+    assert report.scores(100, 0, 100)['LRS'] == pytest.approx(_lrs(1.0, 0.0))
+    assert report.scores(0, 100, 100)['LRS'] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_baseline_cache_round_trip_and_keys(tmp_path):
     cache = report.BaselineCache(str(tmp_path / 'cache'))
     recipe = report.Recipe(3, 300)

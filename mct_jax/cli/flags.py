@@ -207,8 +207,9 @@ flags.DEFINE_integer('full_data_epochs', 0, 'Epochs of the full-training-set bas
 flags.DEFINE_string('report_dir', None, 'Where --models / --report write '
                     'cross_architecture.{md,json,png}. Default: SYNTHETIC/evaluation.')
 flags.DEFINE_string('baseline_cache', None, 'Folder of cached baseline accuracies (keyed by '
-                    'dataset, subset, architecture, recipe, ipc, seed). Default: '
-                    'runs/<dataset>/baselines.')
+                    'dataset, data source, subset, architecture, recipe, ipc, seed). Default: '
+                    '~/.cache/mct_jax/baselines/<dataset> (env MCT_JAX_BASELINES for the '
+                    'root).')
 
 ACT = 'relu'
 POOL = 'avgpool'
@@ -352,8 +353,10 @@ def report_dir() -> str:
 
 
 def baseline_cache() -> str:
-    """``--baseline_cache``, or ``runs/<dataset>/baselines``."""
-    return FLAGS.baseline_cache or os.path.join('runs', FLAGS.dataset, 'baselines')
+    """``--baseline_cache``, or ``<MCT_JAX_BASELINES or ~/.cache/mct_jax/baselines>/
+    <dataset>``: outside the working directory, shared by every run of the user."""
+    root = os.environ.get('MCT_JAX_BASELINES', '~/.cache/mct_jax/baselines')
+    return FLAGS.baseline_cache or os.path.join(os.path.expanduser(root), FLAGS.dataset)
 
 
 # ---- documentation

@@ -91,16 +91,25 @@ def _cross_architecture(ds, syn, key) -> dict:
         logging.info('%s: test %.2f +- %.2f %% over %d networks (lr %.4g, %.0f s)', name,
                      r['test']['mean'], r['test']['std'], recipe.num_nets, r['lr'],
                      r['seconds'])
-    selected = str(syn.get('selected_on', 'test'))
+    # A run folder or its best.npz is the set chosen on its selection split; any other
+    # file (synthetic.npz: the last evaluated iteration) was not chosen at all.
+    chosen = (os.path.isdir(FLAGS.synthetic)
+              or os.path.basename(FLAGS.synthetic) == 'best.npz')
+    selected = str(syn.get('selected_on', 'test')) if chosen else 'none (the set as saved)'
     out = {'title': f'Cross-architecture evaluation of {FLAGS.synthetic}',
            'set': FLAGS.synthetic, 'selected_on': selected,
            'recipe': dict(recipe._asdict(), lr='learned' if not FLAGS.eval_lr
                           else ','.join(FLAGS.eval_lr)),
            'results': results}
-    if selected == 'test':
+    if chosen and selected == 'test':
         out['note'] = ('the set was selected on the test set (no validation split), so its '
                        'test accuracies are optimistic')
     if FLAGS.report:
+        subset = (f'the first {FLAGS.train_images_per_class} of each class'
+                  if FLAGS.train_images_per_class else 'all of them')
+        out['full_data'] = (f'{len(ds.y_train):,} training images ({subset}'
+                            + (f', less {FLAGS.val_images_per_class} per class held out'
+                               if FLAGS.val_images_per_class else '') + ')')
         _add_scores(out, ds, syn, built, recipe, key)
     folder = cli_flags.report_dir()
     print(report.write_report(out, folder), end='')
@@ -112,7 +121,11 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
     """Random-real and full-data baselines of every architecture (from the cache when
     computed before) and the set's IOR, HLR and LRS against them."""
     cache = report.BaselineCache(cli_flags.baseline_cache())
-    data_key = dict(cli_flags.data_settings(), image_shape=list(ds.image_shape))
+    # Where the images came from matters: TFDS's CIFAR test split is not the python
+    # tarball's order, and a validation split changes the training images.
+    data_key = dict(cli_flags.data_settings(), image_shape=list(ds.image_shape),
+                    data_source=FLAGS.data_source or data.DEFAULT_SOURCE[FLAGS.dataset])
+    soft = syn['labels'].ndim == 2
     ipc = int(json.loads(json.dumps(syn['settings'])).get('ipc', len(syn['labels'])
                                                           // ds.num_classes))
     for name, model in built.items():
@@ -137,11 +150,26 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
             else:
                 logging.info('%s: %s baseline from %s.', name, kind, cache.path(bkey))
             r[kind] = got
-        r['scores'] = report.scores(r['test']['mean'], r['random']['mean'], r['full']['mean'],
-                                    FLAGS.lrs_weight)
+        hard = r['test']
+        if soft:   # HLR compares hard labels with hard labels: the set's images once more
+            logging.info('%s: training on the set\'s images with hard labels (for HLR)...',
+                         name)
+            hard = report.evaluate_models(
+                {name: model}, syn['images'], syn['classes'], {name: r['lr']},
+                {'test': ds.eval_splits()['test']}, recipe, jax.random.fold_in(key, 2),
+                prep=ds.preprocessing)[name]['test']
+            r['hard_labels'] = hard
+        r['scores'] = report.scores_per_run(r['test']['all'], r['random']['all'], hard['all'],
+                                            r['full']['all'], FLAGS.lrs_weight)
         sc = r['scores']
-        logging.info('%s: IOR %.2f, HLR %.2f, LRS %.2f (points of accuracy; LRS in %%)',
-                     name, sc['IOR'], sc['HLR'], sc['LRS'])
+        logging.info('%s: IOR %.2f, HLR %.2f, LRS %.2f (points of accuracy; LRS in %%; means '
+                     'over %d runs)', name, sc['IOR'], sc['HLR'], sc['LRS'], sc['runs'])
+    if soft:
+        out['scores_note'] = (
+            'soft labels: HLR trains the images once more with their classes, as DD-Ranking '
+            'defines it; the random baseline of IOR is trained with hard labels, whereas '
+            'DD-Ranking labels it as the set is labelled (the same teacher), so IOR here '
+            'credits the labels too')
 
 
 def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:

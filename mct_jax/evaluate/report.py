@@ -7,16 +7,25 @@ report does not train them again; :func:`write_report` writes the Markdown table
 and a bar chart.
 
 DD-Ranking's definitions (Li et al., "DD-Ranking: Rethinking the evaluation of dataset
-distillation"), with accuracies as fractions:
+distillation"), with accuracies as fractions, for each evaluation run (network) i:
 
-* IOR = acc(synthetic) - acc(random real images, same ipc, same recipe): improvement over
-  random;
-* HLR = acc(full training set) - acc(synthetic): what is left to recover;
-* LRS = (e^a - e^-1) / (e - e^-1), a = w IOR - (1 - w) HLR, w = 0.5 by default: 1 for a
-  set as good as the full data and infinitely better than random, 0 for the reverse.
+* IOR_i = acc_i(synthetic images, their own labels) - acc_i(random real images, same ipc,
+  same recipe): improvement over random;
+* HLR_i = acc_i(full training set, hard labels) - acc_i(synthetic images, hard labels):
+  what is left to recover (for a hard-label set its own accuracy; a soft-label set is
+  trained once more on its images with their classes);
+* LRS_i = (e^a - e^-1) / (e - e^-1), a = w IOR_i - (1 - w) HLR_i, w = 0.5 by default;
 
-(DD-Ranking's code passes accuracies in percent to the exponential, which leaves [0, 1];
-fractions keep LRS in [0, 1], as its documentation defines it. Reported in percent.)
+each score is the mean over runs (:func:`scores_per_run`; LRS is not linear, so the mean of
+LRS_i is not the LRS of the mean accuracies). With IOR in [-1, 1] and HLR in [0, 1] (a set
+no better than the full data), a lies in [-1, w]: LRS reaches 1 only with w = 1, and at
+w = 0.5 a perfect set (full-data accuracy, 100 points above random) scores
+(e^0.5 - e^-1) / (e - e^-1) = 0.545.
+
+DD-Ranking's code (``ddranking`` 0.2.0) passes accuracies in percent to the exponential:
+any set more than a few points below the full data then has a << -1 and scores the floor
+-e^-1 / (e - e^-1) = -0.1565, so its LRS cannot tell such sets apart. Fractions keep LRS
+within [0, 1], as its paper defines it; reported in percent.
 """
 
 from __future__ import annotations
@@ -46,15 +55,42 @@ class Recipe(NamedTuple):
     use_dsa: bool = True
 
 
-def scores(synthetic: float, random: float, full: float, weight: float = 0.5) -> dict:
-    """IOR, HLR and LRS (DD-Ranking) from accuracies in percent; all three in percent."""
+def scores(synthetic: float, random: float, full: float, weight: float = 0.5,
+           hard: float | None = None) -> dict:
+    """IOR, HLR and LRS (DD-Ranking) of one run from accuracies in percent; all three in
+    percent. ``hard``: the set's images trained with hard labels (default ``synthetic``, a
+    hard-label set)."""
     if not 0 <= weight <= 1:
         raise ValueError(f'The LRS weight must lie in [0, 1], got {weight}.')
     ior = (synthetic - random) / 100
-    hlr = (full - synthetic) / 100
+    hlr = (full - (synthetic if hard is None else hard)) / 100
     a = weight * ior - (1 - weight) * hlr
     lrs = (math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1))
     return {'IOR': 100 * ior, 'HLR': 100 * hlr, 'LRS': 100 * lrs, 'weight': weight}
+
+
+def scores_per_run(own, random, hard, full, weight: float = 0.5) -> dict:
+    """DD-Ranking's scores averaged over evaluation runs (see the module docstring).
+
+    Args:
+      own: per-run test accuracies (percent) of the set with its own labels;
+      random: of random real images at the same ipc;
+      hard: of the set's images with hard labels (``own`` for a hard-label set);
+      full: of the full training set.
+      Run i pairs the i-th accuracy of each list; the lists are cut to the shortest.
+    Returns:
+      ``IOR``, ``HLR``, ``LRS`` (means over runs, percent), their ``_std``, ``runs`` and
+      ``weight``.
+    """
+    n = min(len(own), len(random), len(hard), len(full))
+    if n == 0:
+        raise ValueError('Scores need at least one run of each of the four accuracies.')
+    per_run = [scores(own[i], random[i], full[i], weight, hard=hard[i]) for i in range(n)]
+    out = {'runs': n, 'weight': weight}
+    for k in ('IOR', 'HLR', 'LRS'):
+        values = np.array([r[k] for r in per_run], np.float64)
+        out[k], out[f'{k}_std'] = float(values.mean()), float(values.std())
+    return out
 
 
 def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, recipe: Recipe,
@@ -127,7 +163,7 @@ def write_report(report: dict, folder: str, name: str = 'cross_architecture') ->
     if has_scores:
         head += ['random real (%)', 'full data (%)', 'IOR', 'HLR', 'LRS']
     lines = [f'# {report.get("title", "Cross-architecture evaluation")}', '']
-    for k in ('set', 'selected_on', 'recipe', 'note'):
+    for k in ('set', 'selected_on', 'recipe', 'note', 'full_data', 'scores_note'):
         if k in report:
             lines.append(f'- {k.replace("_", " ")}: {report[k]}')
     lines += ['', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -136,8 +172,9 @@ def write_report(report: dict, folder: str, name: str = 'cross_architecture') ->
         row += [f'{r["lr"]:.4g}', str(len(r[splits[-1]]['all'])), f'{r["seconds"]:.0f}']
         if has_scores:
             sc = r.get('scores')
-            row += ([f'{r["random"]["mean"]:.2f}', f'{r["full"]["mean"]:.2f}',
-                     f'{sc["IOR"]:.2f}', f'{sc["HLR"]:.2f}', f'{sc["LRS"]:.2f}']
+            row += ([f'{r["random"]["mean"]:.2f}', f'{r["full"]["mean"]:.2f}']
+                    + [f'{sc[k]:.2f} +- {sc[k + "_std"]:.2f}' if k + '_std' in sc
+                       else f'{sc[k]:.2f}' for k in ('IOR', 'HLR', 'LRS')]
                     if sc else ['-'] * 5)
         lines.append('| ' + ' | '.join(row) + ' |')
     md = '\n'.join(lines) + '\n'
