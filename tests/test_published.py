@@ -1,0 +1,58 @@
+"""Published figures equal their results files: each sentence README.md and docs/ quote
+from a command's output is formatted from the committed results file and must appear
+verbatim, so a rerun that changes a number fails here until the docs are regenerated."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, 'experiments'))
+import quickstart_results  # noqa: E402
+
+
+def _read(path):
+    with open(os.path.join(REPO, path)) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize('name,doc', [('readme', 'README.md'),
+                                      ('reproduction', 'docs/reproduction.md'),
+                                      ('usage_devices', 'docs/usage.md')])
+def test_quickstart_figures_are_those_of_its_results_file(name, doc):
+    results = json.loads(_read('experiments/results/quickstart.json'))
+    line = quickstart_results.lines(results)[name]
+    assert line in _read(doc), (f'{doc} does not quote the quickstart as '
+                                'experiments/results/quickstart.json has it; rerun '
+                                f'python experiments/quickstart_results.py --lines and '
+                                f'update it:\n{line}')
+
+
+def test_the_results_file_holds_what_the_sentences_need():
+    r = json.loads(_read('experiments/results/quickstart.json'))
+    one = r['distill']
+    assert one['best']['selected_on'] == 'validation' and one['devices'] == 1
+    assert r['distill_two_devices']['devices'] == 2
+    assert len(r['random_real']['all']) == 5
+    # the best set is the best validation choice among the evaluations, and its test
+    # accuracy is the one recorded at that iteration
+    assert one['best']['iteration'] <= one['last']['iteration'] == 200
+
+
+@pytest.mark.parametrize('script,results', [
+    ('bench_data_scale', 'bench_data_scale.json'),
+    ('bench_passes', 'bench_passes.json'),
+])
+def test_benchmark_tables_in_the_docs_are_those_of_their_results(script, results):
+    """docs/benchmarks.md holds each table exactly as ``python benchmarks/SCRIPT.py
+    --table`` prints it from the committed JSON."""
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    module = __import__(script)
+    table = module.table(json.loads(_read(os.path.join('benchmarks', 'results', results))))
+    doc = _read('docs/benchmarks.md')
+    missing = [row for row in table.splitlines() if row.strip() and row not in doc]
+    assert not missing, (f'docs/benchmarks.md differs from benchmarks/results/{results}; '
+                         f'paste python benchmarks/{script}.py --table:\n' + '\n'.join(missing))
