@@ -150,9 +150,24 @@ def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
     assert 'selected on: none (the set as saved)' in md and 'optimistic' not in md
     assert 'full data: 100 training images (the first 10 of each class)' in md
     assert 'soft labels: HLR trains the images once more with their classes' in md
-    keys = [json.load(open(os.path.join(cache, f)))['key']['data']
+    assert 'labelled as the set is (teacher (expert 0, epoch 2, temperature 1))' in md
+    keys = [json.load(open(os.path.join(cache, f)))['key']
             for f in os.listdir(cache) if f.endswith('.json')]
-    assert keys and all(k['data_source'] == 'sklearn' for k in keys)
+    assert keys and all(k['data']['data_source'] == 'sklearn' for k in keys)
+    assert [k['labels'] for k in keys if k['baseline'] == 'random'] == [
+        'teacher (expert 0, epoch 2, temperature 1)']
+    # The random images are labelled as distillation labelled the set: a run whose updates
+    # are all skipped keeps its initial images, and re-labelling them gives its labels.
+    still = str(tmp_path / 'still')
+    _run('distill', f'--expert_dir={experts}', f'--out_dir={still}', '--ipc=1',
+         '--labels=teacher', *DISTILL_ONLY, '--lr_lr=1000')
+    from mct_jax import evaluate, models
+    from mct_jax.evaluate import report
+    syn = evaluate.load_synthetic(os.path.join(still, 'best.npz'))
+    assert not bool(syn['changed'])
+    labeller, _ = report.set_labeller(syn['settings'], models.from_config(syn['settings']))
+    np.testing.assert_allclose(labeller(syn['images'], syn['classes']), syn['labels'],
+                               rtol=1e-5, atol=1e-6)
 
 
 def _read_events(folder):

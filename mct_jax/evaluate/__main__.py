@@ -126,6 +126,9 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
     data_key = dict(cli_flags.data_settings(), image_shape=list(ds.image_shape),
                     data_source=FLAGS.data_source or data.DEFAULT_SOURCE[FLAGS.dataset])
     soft = syn['labels'].ndim == 2
+    labeller, labelled = (report.set_labeller(syn['settings'],
+                                              models.from_config(cli_flags.model_settings(ds)))
+                          if soft else (None, 'hard'))
     ipc = int(json.loads(json.dumps(syn['settings'])).get('ipc', len(syn['labels'])
                                                           // ds.num_classes))
     for name, model in built.items():
@@ -133,8 +136,8 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
         arch_key = {'name': name}
         if name == 'convnet':   # the set's own ConvNet
             arch_key.update({k: FLAGS[k].value for k in ('width', 'depth', 'norm')})
-        random_key = report.baseline_key('random', data_key, arch_key, recipe, r['lr'], ipc,
-                                         FLAGS.seed)
+        random_key = dict(report.baseline_key('random', data_key, arch_key, recipe, r['lr'],
+                                              ipc, FLAGS.seed), labels=labelled)
         full_recipe = recipe._replace(epochs=FLAGS.full_data_epochs or recipe.epochs)
         full_key = report.baseline_key('full', data_key, arch_key, full_recipe,
                                        FLAGS.lr_teacher, None, FLAGS.seed)
@@ -145,7 +148,8 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
                              recipe.num_nets)
                 got = _baseline(kind, ds, model, r['lr'] if kind == 'random' else
                                 FLAGS.lr_teacher, ipc,
-                                recipe if kind == 'random' else full_recipe, key)
+                                recipe if kind == 'random' else full_recipe, key,
+                                labeller if kind == 'random' else None)
                 cache.put(bkey, got)
             else:
                 logging.info('%s: %s baseline from %s.', name, kind, cache.path(bkey))
@@ -166,15 +170,15 @@ def _add_scores(out, ds, syn, built, recipe, key) -> None:
                      'over %d runs)', name, sc['IOR'], sc['HLR'], sc['LRS'], sc['runs'])
     if soft:
         out['scores_note'] = (
-            'soft labels: HLR trains the images once more with their classes, as DD-Ranking '
-            'defines it; the random baseline of IOR is trained with hard labels, whereas '
-            'DD-Ranking labels it as the set is labelled (the same teacher), so IOR here '
-            'credits the labels too')
+            'soft labels: HLR trains the images once more with their classes, and the random '
+            f'real images of IOR are labelled as the set is ({labelled}), as DD-Ranking '
+            'defines them')
 
 
-def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
+def _baseline(kind, ds, model, lr, ipc, recipe, key, labeller=None) -> dict:
     """Test accuracy of random real images (a fresh draw of ``ipc`` per class for each
-    network) or of the whole training set, trained with ``recipe``."""
+    network, labelled by ``labeller`` when given: :func:`report.set_labeller`) or of the
+    whole training set, trained with ``recipe``."""
     one_net = evaluate.make_evaluator(model, 1, recipe.epochs, recipe.batch_size,
                                       recipe.momentum, recipe.weight_decay, recipe.use_dsa)
     test = ((jax.device_put(data.arrays.materialize(ds.x_test)), jax.device_put(ds.y_test)),)
@@ -186,6 +190,8 @@ def _baseline(kind, ds, model, lr, ipc, recipe, key) -> dict:
             if kind == 'random':
                 x, y = data.random_per_class(k, ds.x_train, ds.y_train, ds.num_classes, ipc)
                 x = ds.prepare(x)
+                if labeller is not None:
+                    y = labeller(jnp.asarray(x), y)
             else:
                 x, y = data.arrays.materialize(ds.x_train), ds.y_train
             acc = float(one_net(k, jax.device_put(x), jax.device_put(y), jnp.float32(lr), test,

@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mct_jax import checkpoint
+from mct_jax import checkpoint, expert_store, trajectory
+from mct_jax import labels as label_kinds
 from mct_jax.evaluate import make_evaluator, summarize
 
 
@@ -91,6 +92,44 @@ def scores_per_run(own, random, hard, full, weight: float = 0.5) -> dict:
         values = np.array([r[k] for r in per_run], np.float64)
         out[k], out[f'{k}_std'] = float(values.mean()), float(values.std())
     return out
+
+
+def set_labeller(settings: dict, model):
+    """Labels images as a distilled set's labels were made, for DD-Ranking's random
+    baseline of a soft-label set: ``(labeller, description)``, where ``labeller(images,
+    classes) -> [n, K]`` probabilities of network inputs; ``(None, 'hard')`` for a
+    hard-label set.
+
+    * ``teacher``: the same expert at the same epoch and temperature
+      (:func:`mct_jax.labels.teacher`; the epoch defaults to the start window's upper bound,
+      as distillation does);
+    * ``learned``: the labels learned labels start from (:func:`mct_jax.labels.
+      learned_init`, the experts at their last epoch), softmaxed: what the scheme gives an
+      image before distillation moves it.
+
+    ``model`` is the set's own network (the experts'); the experts are read from the
+    settings' ``expert_dir``.
+    """
+    kind = settings.get('labels', 'hard')
+    if kind == 'hard':
+        return None, 'hard'
+    folders = expert_store.list_experts(settings['expert_dir'])[:settings.get('max_experts')]
+    method = 'full' if settings.get('method') == 'mtt' else 'mct'
+    trajs = [expert_store.load_trajectory(f, method, settings.get('beta_mode', 'steps'))
+             for f in folders]
+    if kind == 'teacher':
+        e = settings.get('label_expert', 0)
+        epoch = settings.get('label_epoch')
+        epoch = settings['max_start_epoch'] if epoch is None else epoch
+        params = trajectory.point(trajs[e], min(float(epoch), trajs[e].num_epochs))
+        temperature = settings.get('label_temperature', 1.0)
+        return (lambda images, classes: label_kinds.teacher(model.apply, params, images,
+                                                            temperature),
+                f'teacher (expert {e}, epoch {epoch:g}, temperature {temperature:g})')
+    params = [trajectory.point(t, t.num_epochs) for t in trajs]
+    return (lambda images, classes: jax.nn.softmax(label_kinds.learned_init(
+        model.apply, params, images, classes), axis=-1),
+        f'learned labels\' initial values ({len(params)} experts, last epoch)')
 
 
 def evaluate_models(models: dict, images, labels, lrs: dict, eval_sets: dict, recipe: Recipe,
