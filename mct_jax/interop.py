@@ -219,6 +219,19 @@ def read_buffer_folder(folder: str) -> BufferFolder:
     return BufferFolder(name, dataset, zca, depth, width, norm)
 
 
+def check_folder_matches(folder: str, named: BufferFolder, found: BufferModel) -> None:
+    """Refuses a folder whose name (``ConvNetD4``, ``ConvNetW64``, ``ConvNetNN``) says
+    another network than its buffers' shapes (:func:`infer_model`)."""
+    wrong = [k for k in ('width', 'depth', 'norm')
+             if getattr(named, k) is not None and getattr(named, k) != getattr(found, k)]
+    if wrong:
+        raise BufferError(
+            f'{folder} is named {named.model}, but its parameters are those of a ConvNet with '
+            + ', '.join(f'{k}={getattr(found, k)}' for k in wrong) + '; the folder was '
+            'renamed or holds other buffers. Import the buffers from the folder buffer.py '
+            'wrote them to.')
+
+
 def check_trajectories_move(buf, name: str) -> None:
     """Refuses a buffer whose trajectory repeats a snapshot: an expert that did not move in
     some epoch gives the trajectory-matching loss a zero denominator (``loss inf``)."""

@@ -89,7 +89,8 @@ def microbatched(loss_grad, size: int):
     batch statistics, so the batch gradient is the size-weighted mean of the passes'
     gradients: the same value up to rounding, with the temporaries of one pass. A batch
     of B images runs B // size passes as one ``lax.scan`` and the remaining B % size images
-    as one more pass. ``size`` 0, or at least the batch, is one pass.
+    as one more pass. ``size`` 0, or at least the batch, is one pass; so is a call that
+    asks for the input gradient, whose rows would otherwise need stitching back together.
     """
     def grad_fn(params, x, labels, input_grad=False):
         b = x.shape[0]

@@ -115,18 +115,18 @@ def set_labeller(settings: dict, model):
         return None, 'hard'
     folders = expert_store.list_experts(settings['expert_dir'])[:settings.get('max_experts')]
     method = 'full' if settings.get('method') == 'mtt' else 'mct'
-    trajs = [expert_store.load_trajectory(f, method, settings.get('beta_mode', 'steps'))
-             for f in folders]
-    if kind == 'teacher':
+    load = lambda f: expert_store.load_trajectory(f, method, settings.get('beta_mode', 'steps'))
+    if kind == 'teacher':   # one expert: read only that one
         e = settings.get('label_expert', 0)
+        traj = load(folders[e])
         epoch = settings.get('label_epoch')
         epoch = settings['max_start_epoch'] if epoch is None else epoch
-        params = trajectory.point(trajs[e], min(float(epoch), trajs[e].num_epochs))
+        params = trajectory.point(traj, min(float(epoch), traj.num_epochs))
         temperature = settings.get('label_temperature', 1.0)
         return (lambda images, classes: label_kinds.teacher(model.apply, params, images,
                                                             temperature),
                 f'teacher (expert {e}, epoch {epoch:g}, temperature {temperature:g})')
-    params = [trajectory.point(t, t.num_epochs) for t in trajs]
+    params = [trajectory.point(t, t.num_epochs) for t in map(load, folders)]
     return (lambda images, classes: jax.nn.softmax(label_kinds.learned_init(
         model.apply, params, images, classes), axis=-1),
         f'learned labels\' initial values ({len(params)} experts, last epoch)')

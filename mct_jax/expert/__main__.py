@@ -30,14 +30,7 @@ def import_buffers():
     found = interop.infer_model([tuple(p.shape) for p in first[0][0]])
     epochs = len(first[0]) - 1
     del first
-    named = {k: getattr(path, k) for k in ('width', 'depth', 'norm')
-             if getattr(path, k) is not None and getattr(path, k) != getattr(found, k)}
-    if named:
-        raise interop.BufferError(
-            f'{folder} is named {path.model}, but its parameters are those of a ConvNet with '
-            + ', '.join(f'{k}={getattr(found, k)}' for k in named) + '; the folder was '
-            'renamed or holds other buffers. Import the buffers from the folder buffer.py '
-            'wrote them to.')
+    interop.check_folder_matches(folder, path, found)
     read = {'width': found.width, 'depth': found.depth, 'norm': found.norm,
             'train_epochs': epochs}
     told = {'dataset': path.dataset, 'zca': path.zca}
