@@ -128,6 +128,34 @@ def test_cross_architecture_report_through_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_report_under_the_ddranking_protocol(tmp_path):
+    """--protocol=ddranking: the random baseline searches the package's five lrs (each run
+    keeps its best), the ConvNet is 128 wide, every score names the protocol, and a run too
+    short to reach a checkpoint is refused before any work."""
+    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
+    _run('expert', *TINY, f'--expert_dir={experts}')
+    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    cache = tmp_path / 'cache'
+    common = [f'--synthetic={out}', '--report', '--protocol=ddranking', '--num_eval=1',
+              f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report']
+    short = _run('evaluate', *common, '--eval_epochs=2', check=False)
+    assert short.returncode != 0 and 'tests every 10 epochs' in short.stderr
+    proc = _run('evaluate', *common, '--eval_epochs=10')
+    r = json.loads(proc.stdout.strip().splitlines()[-1])['convnet']
+    assert r['random']['lr'] == [0.001, 0.005, 0.01, 0.05, 0.1]
+    assert len(r['random']['best_lr']) == 1 and r['random']['best_lr'][0] in r['random']['lr']
+    assert r['scores']['protocol'] == 'ddranking'
+    md = open(tmp_path / 'report' / 'cross_architecture.md').read()
+    assert 'protocol: ddranking: each network\'s best test accuracy' in md
+    keys = [json.load(open(os.path.join(cache, f)))['key']
+            for f in os.listdir(cache) if f.endswith('.json')]
+    assert {k['architecture']['width'] for k in keys} == {128}
+    full = [k for k in keys if k['baseline'] == 'full'][0]
+    assert (full['lr'], full['recipe']['lr_step'], full['recipe']['use_dsa']) == (0.01, 100,
+                                                                                 False)
+
+
+@pytest.mark.slow
 def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
     """A set with teacher soft labels, scored: HLR compares the full data with the set's
     images trained on their classes (DD-Ranking's definition), IOR uses the set's own labels,
@@ -162,10 +190,10 @@ def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
     _run('distill', f'--expert_dir={experts}', f'--out_dir={still}', '--ipc=1',
          '--labels=teacher', *DISTILL_ONLY, '--lr_lr=1000')
     from mct_jax import evaluate, models
-    from mct_jax.evaluate import report
+    from mct_jax.evaluate import ranking
     syn = evaluate.load_synthetic(os.path.join(still, 'best.npz'))
     assert not bool(syn['changed'])
-    labeller, _ = report.set_labeller(syn['settings'], models.from_config(syn['settings']))
+    labeller, _ = ranking.set_labeller(syn['settings'], models.from_config(syn['settings']))
     np.testing.assert_allclose(labeller(syn['images'], syn['classes']), syn['labels'],
                                rtol=1e-5, atol=1e-6)
 

@@ -204,6 +204,13 @@ flags.DEFINE_boolean('report', False, "Also train the baselines of each architec
 flags.DEFINE_float('lrs_weight', 0.5, 'w in LRS: a = w IOR - (1 - w) HLR (DD-Ranking: 0.5).')
 flags.DEFINE_integer('full_data_epochs', 0, 'Epochs of the full-training-set baseline of '
                      '--report (0: --eval_epochs); its lr is --lr_teacher.')
+flags.DEFINE_enum('protocol', 'mct_jax', ['mct_jax', 'ddranking'],
+                  'How --report takes the accuracies behind its scores. mct_jax: each '
+                  "network's last epoch, random real images at the set's lr, full data at "
+                  '--lr_teacher with the same recipe. ddranking: the ddranking package\'s '
+                  'choices (best test accuracy every 10 epochs, or 20 for soft labels; the '
+                  'random baseline\'s lr searched over 0.001-0.1 on the test set; full data at '
+                  'lr 0.01 x0.1 every 100 epochs without augmentation; ConvNet width 128).')
 flags.DEFINE_string('report_dir', None, 'Where --models / --report write '
                     'cross_architecture.{md,json,png}. Default: SYNTHETIC/evaluation.')
 flags.DEFINE_string('baseline_cache', None, 'Folder of cached baseline accuracies (keyed by '

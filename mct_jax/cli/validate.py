@@ -14,6 +14,7 @@ from absl import flags
 
 from mct_jax import checkpoint, data, distill, expert_store, models
 from mct_jax.cli import flags as cli_flags
+from mct_jax.evaluate import ranking
 
 FLAGS = flags.FLAGS
 
@@ -226,5 +227,16 @@ def evaluate_command_problems() -> list[str]:
     if FLAGS.full_data_epochs < 0:
         problems.append(f'--full_data_epochs={FLAGS.full_data_epochs} must be >= 0 (0: '
                         '--eval_epochs).')
+    if FLAGS.protocol != 'mct_jax' and not FLAGS.report:
+        problems.append(f'--protocol={FLAGS.protocol} chooses how --report scores a set: add '
+                        '--report (or leave --protocol out).')
+    if FLAGS.protocol == 'ddranking' and FLAGS.report:
+        every = ranking.PROTOCOLS['ddranking'].test_every
+        short = [f'--{f}={FLAGS[f].value}' for f in ('eval_epochs', 'full_data_epochs')
+                 if 0 < FLAGS[f].value < every]
+        if short:
+            problems.append(f'{", ".join(short)}: the ddranking protocol tests every {every} '
+                            f'epochs (every 20 for soft labels), so each network needs at '
+                            f'least that many epochs; raise them.')
     return problems
 

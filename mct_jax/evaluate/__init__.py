@@ -24,7 +24,8 @@ from mct_jax import train
 
 
 def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: float = 0.9,
-                         weight_decay: float = 5e-4, use_dsa: bool = True):
+                         weight_decay: float = 5e-4, use_dsa: bool = True, test_every: int = 0,
+                         lr_step: int = 0):
     """``train_and_test(key, images, labels, lr, eval_sets, prep=None) -> accuracies
     [len(eval_sets)]``.
 
@@ -35,13 +36,25 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
     ``prep`` (:mod:`mct_jax.data.preprocess`). A model with batch norm trains with batch
     statistics and is tested with its running ones. Traceable: ``jit``, ``lax.map`` or
     ``vmap`` it over keys; ``lr`` is traced, so a changing learned lr does not recompile.
+
+    The reference protocol keeps the last epoch's network and multiplies the lr by 0.1 once,
+    at half of the epochs. ``test_every=k`` instead tests after every k-th epoch and returns
+    each split's best accuracy over those checkpoints (DD-Ranking's choice; epochs after the
+    last multiple of k are not trained, since nothing would test them); ``lr_step=s``
+    multiplies the lr by 0.1 every s epochs (PyTorch's ``StepLR``).
     """
+    if test_every and epochs < test_every:
+        raise ValueError(f'Testing every {test_every} epochs needs at least {test_every} '
+                         f'epochs of training, got {epochs}: raise the epochs.')
+
     def train_and_test(k, images, labels, lr, eval_sets, prep=None):
         n = images.shape[0]
         steps_per_epoch = -(-n // min(batch_size, n))
         boundary = (epochs // 2) * steps_per_epoch
 
         def schedule(count):
+            if lr_step:
+                return lr * 0.1 ** (count // (lr_step * steps_per_epoch))
             return lr * jnp.where(count >= boundary, 0.1, 1.0)
         # PyTorch SGD order: weight decay is added to the gradient before momentum.
         tx = optax.chain(optax.add_decayed_weights(weight_decay),
@@ -54,9 +67,8 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
                                           jax.random.fold_in(k, e + 1), batch_size, use_dsa,
                                           model.loss_grad, prep)
                 return (p, s), None
-            (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)),
-                                          jnp.arange(epochs))
-            apply = model.apply
+            state = (params, tx.init(params))
+            apply_of = lambda state: model.apply
         else:
             def epoch(carry, e):
                 p, st, s = carry
@@ -64,11 +76,24 @@ def make_network_trainer(model, epochs: int, batch_size: int = 256, momentum: fl
                     model.apply_stats, p, st, s, tx, images, labels,
                     jax.random.fold_in(k, e + 1), batch_size, use_dsa, prep)
                 return (p, st, s), None
-            (params, stats, _), _ = jax.lax.scan(
-                epoch, (params, model.init_stats(), tx.init(params)), jnp.arange(epochs))
-            apply = lambda p, x: model.apply_stats(p, stats, x, False)[0]
-        return jnp.stack([train.predict_correct(apply, params, x, y, prep=prep) / x.shape[0]
-                          for x, y in eval_sets])
+            state = (params, model.init_stats(), tx.init(params))
+            apply_of = lambda state: (
+                lambda p, x: model.apply_stats(p, state[1], x, False)[0])
+
+        def test(state):
+            apply = apply_of(state)
+            return jnp.stack([train.predict_correct(apply, state[0], x, y, prep=prep)
+                              / x.shape[0] for x, y in eval_sets])
+
+        if not test_every:
+            state, _ = jax.lax.scan(epoch, state, jnp.arange(epochs))
+            return test(state)
+
+        def checkpoint(state, c):
+            state, _ = jax.lax.scan(epoch, state, c * test_every + jnp.arange(test_every))
+            return state, test(state)
+        _, accs = jax.lax.scan(checkpoint, state, jnp.arange(epochs // test_every))
+        return accs.max(axis=0)
     return train_and_test
 
 
@@ -78,17 +103,19 @@ def network_keys(key, num_nets: int):
 
 
 def make_evaluator(model, num_nets: int, epochs: int, batch_size: int = 256,
-                   momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True):
+                   momentum: float = 0.9, weight_decay: float = 5e-4, use_dsa: bool = True,
+                   test_every: int = 0, lr_step: int = 0):
     """Builds ``evaluate(key, images, labels, lr, eval_sets, on_network=None, prep=None)
     -> acc``.
 
     ``acc`` is [num_nets, len(eval_sets)]; network i is trained from
-    ``network_keys(key, num_nets)[i]`` by :func:`make_network_trainer`, one compiled
+    ``network_keys(key, num_nets)[i]`` by :func:`make_network_trainer` (``test_every`` and
+    ``lr_step`` as there), one compiled
     program called once per network (exposed as ``evaluate.network``);
     ``on_network(i, accuracies)`` is called after each.
     """
     one = jax.jit(make_network_trainer(model, epochs, batch_size, momentum, weight_decay,
-                                       use_dsa))
+                                       use_dsa, test_every, lr_step))
     keys_of = jax.jit(network_keys, static_argnums=1)
 
     def evaluate(key, images, labels, lr, eval_sets, on_network=None, prep=None):

@@ -21,7 +21,7 @@ from absl import logging
 from mct_jax import data, evaluate, expert_store, interop, models, monitor
 from mct_jax.cli import app, validate
 from mct_jax.cli import flags as cli_flags
-from mct_jax.evaluate import report
+from mct_jax.evaluate import ranking, report
 
 FLAGS = cli_flags.FLAGS
 
@@ -59,27 +59,35 @@ def _one_model(ds, model, images, labels, lr, name, key) -> dict:
     return out
 
 
-def _architectures(ds, syn) -> tuple[dict, dict]:
-    """``--models`` as {name: Model} and each one's learning rate (``--eval_lr``, else the
-    set's learned lr). ``convnet`` is the set's own ConvNet (its width, depth and norm)."""
+def _architectures(ds, syn, protocol) -> tuple[dict, dict, dict]:
+    """``--models`` as {name: Model}, each one's learning rate (``--eval_lr``, else the set's
+    learned lr) and what identifies it in the baseline cache. ``convnet`` is the set's own
+    ConvNet (its width, depth and norm; the protocol's width when it fixes one)."""
     names = FLAGS.models or ['convnet']
-    built, lrs = {}, {}
+    built, lrs, keys = {}, {}, {}
     fixed = cli_flags.eval_lrs()
+    width = protocol.convnet_width or FLAGS.width
     for raw in names:
         name = models.canonical_name(raw)
+        keys[name] = {'name': name}
         if name == 'convnet':
-            built[name] = models.from_config(cli_flags.model_settings(ds))
+            config = dict(cli_flags.model_settings(ds), width=width)
+            built[name] = models.from_config(config)
+            keys[name].update({k: config[k] for k in ('width', 'depth', 'norm')})
         else:
             built[name] = models.get(name, ds.image_shape, ds.num_classes, FLAGS.width)
         lrs[name] = fixed.get(name, fixed.get('*', float(syn['lr'])))
-    return built, lrs
+    return built, lrs, keys
 
 
 def _cross_architecture(ds, syn, key) -> dict:
     """``--models`` (and ``--report``): every architecture's networks on the set, written to
     ``--report_dir``."""
-    built, lrs = _architectures(ds, syn)
-    recipe = report.Recipe(FLAGS.num_eval, FLAGS.eval_epochs, use_dsa=FLAGS.dsa)
+    protocol = ranking.PROTOCOLS[FLAGS.protocol if FLAGS.report else 'mct_jax']
+    built, lrs, arch_keys = _architectures(ds, syn, protocol)
+    soft = syn['labels'].ndim == 2
+    recipe = protocol.recipe(report.Recipe(FLAGS.num_eval, FLAGS.eval_epochs,
+                                           use_dsa=FLAGS.dsa), soft)
     splits = ds.eval_splits()
     total = len(built) * recipe.num_nets
     with monitor.Progress(total, 'architectures', unit='net', mode=FLAGS.progress) as bar:
@@ -105,101 +113,41 @@ def _cross_architecture(ds, syn, key) -> dict:
         out['note'] = ('the set was selected on the test set (no validation split), so its '
                        'test accuracies are optimistic')
     if FLAGS.report:
+        out['protocol'] = protocol.describe()
         subset = (f'the first {FLAGS.train_images_per_class} of each class'
                   if FLAGS.train_images_per_class else 'all of them')
         out['full_data'] = (f'{len(ds.y_train):,} training images ({subset}'
                             + (f', less {FLAGS.val_images_per_class} per class held out'
                                if FLAGS.val_images_per_class else '') + ')')
-        _add_scores(out, ds, syn, built, recipe, key)
+        _add_scores(out, ds, syn, built, arch_keys, recipe, protocol, key)
     folder = cli_flags.report_dir()
     print(report.write_report(out, folder), end='')
     logging.info('Report written to %s (cross_architecture.md, .json, .png).', folder)
     return out
 
 
-def _add_scores(out, ds, syn, built, recipe, key) -> None:
-    """Random-real and full-data baselines of every architecture (from the cache when
-    computed before) and the set's IOR, HLR and LRS against them."""
-    cache = report.BaselineCache(cli_flags.baseline_cache())
+def _add_scores(out, ds, syn, built, arch_keys, recipe, protocol, key) -> None:
+    """Random-real and full-data baselines of every architecture (cached) and the set's
+    IOR, HLR and LRS against them (:func:`ranking.score_architectures`)."""
     # Where the images came from matters: TFDS's CIFAR test split is not the python
     # tarball's order, and a validation split changes the training images.
     data_key = dict(cli_flags.data_settings(), image_shape=list(ds.image_shape),
                     data_source=FLAGS.data_source or data.DEFAULT_SOURCE[FLAGS.dataset])
     soft = syn['labels'].ndim == 2
-    labeller, labelled = (report.set_labeller(syn['settings'],
-                                              models.from_config(cli_flags.model_settings(ds)))
+    labeller, labelled = (ranking.set_labeller(syn['settings'],
+                                               models.from_config(cli_flags.model_settings(ds)))
                           if soft else (None, 'hard'))
-    ipc = int(json.loads(json.dumps(syn['settings'])).get('ipc', len(syn['labels'])
-                                                          // ds.num_classes))
-    for name, model in built.items():
-        r = out['results'][name]
-        arch_key = {'name': name}
-        if name == 'convnet':   # the set's own ConvNet
-            arch_key.update({k: FLAGS[k].value for k in ('width', 'depth', 'norm')})
-        random_key = dict(report.baseline_key('random', data_key, arch_key, recipe, r['lr'],
-                                              ipc, FLAGS.seed), labels=labelled)
-        full_recipe = recipe._replace(epochs=FLAGS.full_data_epochs or recipe.epochs)
-        full_key = report.baseline_key('full', data_key, arch_key, full_recipe,
-                                       FLAGS.lr_teacher, None, FLAGS.seed)
-        for kind, bkey in (('random', random_key), ('full', full_key)):
-            got = cache.get(bkey)
-            if got is None:
-                logging.info('%s: training the %s baseline (%d networks)...', name, kind,
-                             recipe.num_nets)
-                got = _baseline(kind, ds, model, r['lr'] if kind == 'random' else
-                                FLAGS.lr_teacher, ipc,
-                                recipe if kind == 'random' else full_recipe, key,
-                                labeller if kind == 'random' else None)
-                cache.put(bkey, got)
-            else:
-                logging.info('%s: %s baseline from %s.', name, kind, cache.path(bkey))
-            r[kind] = got
-        hard = r['test']
-        if soft:   # HLR compares hard labels with hard labels: the set's images once more
-            logging.info('%s: training on the set\'s images with hard labels (for HLR)...',
-                         name)
-            hard = report.evaluate_models(
-                {name: model}, syn['images'], syn['classes'], {name: r['lr']},
-                {'test': ds.eval_splits()['test']}, recipe, jax.random.fold_in(key, 2),
-                prep=ds.preprocessing)[name]['test']
-            r['hard_labels'] = hard
-        r['scores'] = report.scores_per_run(r['test']['all'], r['random']['all'], hard['all'],
-                                            r['full']['all'], FLAGS.lrs_weight)
-        sc = r['scores']
-        logging.info('%s: IOR %.2f, HLR %.2f, LRS %.2f (points of accuracy; LRS in %%; means '
-                     'over %d runs)', name, sc['IOR'], sc['HLR'], sc['LRS'], sc['runs'])
+    ipc = int(syn['settings'].get('ipc', len(syn['labels']) // ds.num_classes))
+    ranking.score_architectures(
+        out['results'], built, syn, ds, recipe, protocol, key,
+        ranking.BaselineCache(cli_flags.baseline_cache()), data_key, arch_keys,
+        full_lr=FLAGS.lr_teacher, full_epochs=FLAGS.full_data_epochs, ipc=ipc, seed=FLAGS.seed,
+        labeller=labeller, labelled=labelled, weight=FLAGS.lrs_weight, progress=FLAGS.progress)
     if soft:
         out['scores_note'] = (
             'soft labels: HLR trains the images once more with their classes, and the random '
             f'real images of IOR are labelled as the set is ({labelled}), as DD-Ranking '
             'defines them')
-
-
-def _baseline(kind, ds, model, lr, ipc, recipe, key, labeller=None) -> dict:
-    """Test accuracy of random real images (a fresh draw of ``ipc`` per class for each
-    network, labelled by ``labeller`` when given: :func:`report.set_labeller`) or of the
-    whole training set, trained with ``recipe``."""
-    one_net = evaluate.make_evaluator(model, 1, recipe.epochs, recipe.batch_size,
-                                      recipe.momentum, recipe.weight_decay, recipe.use_dsa)
-    test = ((jax.device_put(data.arrays.materialize(ds.x_test)), jax.device_put(ds.y_test)),)
-    accs = []
-    with monitor.Progress(recipe.num_nets, f'{kind} baseline', unit='net',
-                          mode=FLAGS.progress) as bar:
-        for i in range(recipe.num_nets):
-            k = jax.random.fold_in(jax.random.fold_in(key, 3), i)
-            if kind == 'random':
-                x, y = data.random_per_class(k, ds.x_train, ds.y_train, ds.num_classes, ipc)
-                x = ds.prepare(x)
-                if labeller is not None:
-                    y = labeller(jnp.asarray(x), y)
-            else:
-                x, y = data.arrays.materialize(ds.x_train), ds.y_train
-            acc = float(one_net(k, jax.device_put(x), jax.device_put(y), jnp.float32(lr), test,
-                                prep=ds.preprocessing)[0, 0])
-            accs.append(acc)
-            bar.update(acc=round(100 * acc, 2))
-    return dict(evaluate.summarize(accs), lr=float(lr), ipc=ipc if kind == 'random' else None,
-                epochs=recipe.epochs)
 
 
 def main(argv):
