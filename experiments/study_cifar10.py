@@ -94,6 +94,8 @@ SCALES = {
                          '--full_data_epochs=1']},
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}   # two-sided 95 % t quantiles
+CHANCE = 10.0        # CIFAR-10's 10 classes, in percent
+NEAR_CHANCE = 5.0    # a cross-architecture cell within this many points of chance is flagged
 
 
 def _set_flag(flags: list[str], name: str, value) -> list[str]:
@@ -332,6 +334,54 @@ def paired(runs: dict, a: str, b: str, key: str = 'best_test') -> dict | None:
             'low': mean - half, 'high': mean + half}
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom: its density
+    integrated by Simpson's rule inside a bisection (the report needs a handful)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    density = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    def cdf(t, n=4000):
+        h = t / n
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, n))
+        return 0.5 + h / 3 * (density(0) + inner + density(t))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def multiplicity(diffs: list[dict], level: float = 0.05) -> str:
+    """What the report's intervals cover: how many there are, and which verdicts survive a
+    Bonferroni correction (every interval at 1 - level / n instead of 1 - level)."""
+    n = len(diffs)
+    if not n:
+        return ''
+    kept, lost = [], []
+    for p in diffs:
+        if p['low'] <= 0 <= p['high']:
+            continue
+        df = len(p['differences']) - 1
+        sd = statistics.stdev(p['differences'])
+        half = t_quantile(1 - level / (2 * n), df) * sd / math.sqrt(len(p['differences']))
+        (kept if abs(p['mean']) > half else lost).append(p['claim'])
+    text = (f'These are {n} comparisons, each interval at 95 % on its own, not adjusted for '
+            f'multiplicity: if no arm differed from another, about {n * level:.2f} of them would '
+            f'still exclude 0 by chance. With a Bonferroni correction (each interval at '
+            f'{100 * (1 - level / n):.2f} %), ')
+    if not kept and not lost:
+        return text + 'nothing changes: no interval excludes 0 either way.'
+    parts = []
+    if kept:
+        parts.append('still excluding 0: ' + '; '.join(kept))
+    if lost:
+        parts.append('no longer excluding 0: ' + '; '.join(lost))
+    return text + ', '.join(parts) + '.'
+
+
 def verdict(p: dict | None, claim: str) -> str:
     if p is None:
         return f'{claim}: not enough seeds to say.'
@@ -387,6 +437,58 @@ def _cross_cell(summary: dict, nets: int | None) -> str:
     return f'{statistics.mean(acc):.2f} +- {statistics.pstdev(acc):.2f}'
 
 
+def _first_mean(summary: dict, nets: int | None) -> float:
+    """The mean test accuracy of the networks a cross-architecture cell shows."""
+    acc = summary.get('all')
+    return statistics.mean(acc[:nets]) if acc and nets else summary['mean']
+
+
+def soft_labels(arm: str) -> bool:
+    """Whether the arm's sets carry learned soft labels."""
+    return '--labels=learned' in ARMS[arm][1]
+
+
+def _score_notes(cross: dict, flagged: list, withheld: list, flags: list[str]) -> list[str]:
+    """What the score columns and flagged cells rest on: each baseline's recipe, the cells at
+    chance, and the rows whose scores are withheld."""
+    scored = [c['convnet_scores'] for a, c in cross.items() if not soft_labels(a)]
+    out = []
+    if scored:
+        s = scored[0]
+        sets = len(s['test'].get('all', [])) or '?'
+        rnd, full = s['random'], s['full']
+        lr = lambda v: 'the set\'s learned lr' if v is None else f'lr {v:.4g}'
+        epochs = _flag(flags, 'eval_epochs') or rnd.get('epochs')
+        out += ['', f"Baselines of the scores, each on {sets} ConvNets of the set's width under "
+                f"the mct_jax protocol (last epoch, no lr search): the set, {epochs} epochs at "
+                f"its learned lr; random real images (ipc {rnd.get('ipc')}, a fresh draw per "
+                f"network, hard labels), {rnd.get('epochs')} epochs at the set's lr "
+                f"({rnd['lr']:.4g} for the first row); full data, the training images the "
+                f"experts saw (the validation images excluded), {full.get('epochs')} epochs at "
+                f"{lr(full.get('lr'))}. The full-data baseline trained for fewer epochs than "
+                f"the sets (a CPU budget), so it is lower than a longer training would give and "
+                f"HLR is smaller than it would be."]
+    for arm, a, summary in flagged:
+        out += ['', f"(chance): {a} on the set of {ARMS[arm][3]} reaches "
+                f"{_first_mean(summary, 1):.2f} % with one network, where {CHANCE:.0f} % is "
+                f"chance, while the other architectures learn from the same set: that "
+                f"network's training did not learn (diverged or stalled; which was not recorded, "
+                f"and the set's file is not kept in the repository to rerun it), so the cell says nothing about "
+                f"the set. `python -m mct_jax.evaluate --synthetic=RUN --models={a} "
+                f"--num_eval=3` on a kept set tells a stalled network from a set that fails "
+                f"{a}."]
+    if withheld:
+        names = ', '.join(ARMS[a][3] for a in withheld)
+        out += ['', f"Scores withheld ({names}): these soft-label sets were scored before "
+                "`evaluate --report` followed DD-Ranking's definitions for soft labels (HLR "
+                "trains the synthetic images on hard labels; IOR's random real images get the "
+                "same teacher's labels). Their recorded scores used the sets' own labels for "
+                "HLR and hard labels for the random images, so they are not shown; "
+                "`python -m mct_jax.evaluate --synthetic=RUN --report` scores a kept set as "
+                "defined (docs/evaluation.md)."]
+    return out
+
+
 def _networks(result: dict) -> str:
     n = len(result['test'].get('all', []))
     return 'networks not recorded' if not n else '1 network' if n == 1 else f'{n} networks'
@@ -411,6 +513,53 @@ def _table2(runs: dict, stats: dict) -> list[str]:
                    f"| {stats[b]['best_test_mean']:.2f} +- {stats[b]['best_test_sd']:.2f} | "
                    f"{diff} |")
     return out
+
+
+README_ARMS = [('mtt', 'mtt_ipc1'), ('mct', 'mct_ipc1'), ('mct_tesla', None),
+               ('mtt_learned', None), ('mct_learned', None)]
+
+
+def _start(runs: dict, arm: str) -> float | None:
+    """Mean over seeds of the test accuracy of the arm's initial set (iteration 0)."""
+    acc = [r['test_mean'][0] for r in runs.values() if r['arm'] == arm and r['iterations'][0] == 0]
+    return statistics.mean(acc) if acc else None
+
+
+def readme_lines(runs: dict) -> dict:
+    """The README's results table and its claims sentence, formatted from the run files
+    (tests/test_published.py checks that README.md quotes them verbatim)."""
+    stats = {arm: s for arm in ARMS if (s := arm_stats(runs, arm))}
+    cell = lambda a: (f"{stats[a]['best_test_mean']:.2f} +- {stats[a]['best_test_sd']:.2f}"
+                      if a in stats else '-')
+    start = lambda a: f'{v:.2f}' if a and (v := _start(runs, a)) is not None else '-'
+    rows = ['| ipc | ' + ' | '.join(
+                ARMS[a][3].replace(' soft labels', ' labels').replace(
+                    'MCT, 2 anchors', 'MCT').replace('approximate gradient', 'gradient')
+                for a, _ in README_ARMS) + ' |',
+            '|---|' + '---|' * len(README_ARMS)]
+    for col, label in ((0, '10'), (1, '1')):
+        arms = [pair[col] for pair in README_ARMS]
+        rows.append(f'| {label} | ' + ' | '.join(cell(a) if a else '-' for a in arms) + ' |')
+        rows.append(f'| {label}, the initial images | ' +
+                    ' | '.join(start(a) for a in arms) + ' |')
+    main, one = paired(runs, 'mct', 'mtt'), paired(runs, 'mct_ipc1', 'mtt_ipc1')
+    t2 = [paired(runs, f'mct_e{e}', f'mct_integer_e{e}') for e in (1, 2, 5)]
+    t2.append(paired(runs, 'mct', 'mct_integer'))
+    includes = lambda p: p['low'] <= 0 <= p['high']
+    claims = ''
+    if main and one:
+        claims = (f"At this scale, MCT against MTT is {main['mean']:+.2f} points at ipc 10 (95 % "
+                  f"interval {main['low']:+.2f} to {main['high']:+.2f}) and {one['mean']:+.2f} at "
+                  f"ipc 1 ({one['low']:+.2f} to {one['high']:+.2f}): " +
+                  ('neither interval excludes 0.' if includes(main) and includes(one) else
+                   'see the report for which interval excludes 0.'))
+    if all(t2):
+        claims += (" The paper's Table 2 (continuous against integer starts with 1, 2, 5 and 10 "
+                   f"experts, {len(t2[0]['seeds'])} seeds each): " +
+                   ', '.join(f"{p['mean']:+.2f}" for p in t2) + ' points, ' +
+                   ('every interval including 0.' if all(map(includes, t2)) else
+                    'not every interval including 0.'))
+    return {'table': '\n'.join(rows), 'claims': claims.strip()}
 
 
 def write_report(study: dict, out: str) -> str:
@@ -453,6 +602,8 @@ def write_report(study: dict, out: str) -> str:
                      f"against {stats[b]['converged_at_mean']:.0f}; the spread after it "
                      f"{stats[a]['spread_std_mean']:.2f} against "
                      f"{stats[b]['spread_std_mean']:.2f} points (std of the evaluations).")
+    if diffs:
+        lines += ['', multiplicity(diffs)]
     cross = study.get('cross', {})
     if cross:
         archs = [a for a in ('convnet', 'alexnet', 'vgg11', 'resnet18')
@@ -462,31 +613,42 @@ def write_report(study: dict, out: str) -> str:
                   '|' + '---|' * (len(archs) + 4)]
         nets = study.get('cross_nets')
         cross = {arm: cross[arm] for arm in MAIN if arm in cross}
+        flagged, withheld = [], []
         for arm, c in cross.items():
             cells = []
             for a in archs:
                 r = c['architectures'].get(a)
-                cells.append(_cross_cell(r['test'], nets) if r else '-')
+                cell = _cross_cell(r['test'], nets) if r else '-'
+                if r and _first_mean(r['test'], nets) <= CHANCE + NEAR_CHANCE:
+                    cell += ' (chance)'
+                    flagged.append((arm, a, r['test']))
+                cells.append(cell)
             sc = c['convnet_scores']['scores']
+            if soft_labels(arm):
+                withheld.append(arm)
+                score_cells = ' | '.join(['withheld'] * 3)
+            else:
+                score_cells = f"{sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f}"
             lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
-                         f" | {sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f} |")
+                         f' | {score_cells} |')
         first = 'first network' if nets == 1 else f'first {nets} networks'
         lines += ['', f'Test accuracy (%) of the {first} of each architecture (mean +- std '
                   'where there are several; network i is initialised and shuffled from '
                   '`fold_in(key, i)`, so the first networks of a larger evaluation are the same '
                   'networks); IOR and HLR in points of accuracy, LRS in percent, from 3 '
                   'ConvNets (docs/evaluation.md).']
+        lines += _score_notes(cross, flagged, withheld, study.get('scores_flags', []))
         spread = [(max(acc) - min(acc), a, arm, acc) for arm, c in cross.items()
                   for a, r in c['architectures'].items()
                   if len(acc := r['test'].get('all', [])) > 1]
         if spread:
             width, a, arm, acc = max(spread)
-            lines.append(f'How far one network can be from another: {len(acc)} {a} '
+            lines += ['', f'How far one network can be from another: {len(acc)} {a} '
                          f'networks trained on the set of {ARMS[arm][3]} span '
                          f'{min(acc):.2f} to {max(acc):.2f} ({width:.1f} points), the widest '
                          f'range among architectures evaluated with several networks; '
                          f'differences between arms smaller than that, in one network, say '
-                         f'nothing.')
+                         f'nothing.']
         lines += ['', 'Seconds to train and test the networks of each architecture that were '
                   'run:', '']
         for arm, c in cross.items():
@@ -636,7 +798,7 @@ def main(argv=None):
                             f"{statistics.mean(experts['final_test_accuracy']):.1f} %); ipc 10: "
                             f"{r10}; ipc 1: {' '.join(scale['run'][1])}; "
                             f"{' '.join(scale['common'])}; seeds {scale['seeds']}."),
-             'cut': cut_text(SCALES[plan['scale']], plan),
+             'cut': cut_text(SCALES[plan['scale']], plan), 'scores_flags': scale['scores'],
              'command': ' '.join(['python experiments/study_cifar10.py'] + [
                  f'--{k}={v}' for k, v in plan.items() if v is not None and
                  (k != 'scale' or v != 'cpu')])}

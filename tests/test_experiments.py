@@ -77,6 +77,35 @@ def _fake_run(study, arm, seed, best_test, curve=(20.0, 30.0, 31.0, 30.5)):
             'convergence_test': study.curve_summary(its, list(curve)), 'best_npz': 'x'}
 
 
+def _scores(study):
+    """A ConvNet score record as evaluate --report writes it."""
+    acc = {'mean': 33.0, 'std': 0.5, 'all': [32.5, 33.0, 33.5]}
+    return {'test': acc, 'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0},
+            'random': {'mean': 23.0, 'std': 1.0, 'all': [22.0, 23.0, 24.0], 'lr': 0.0101,
+                       'ipc': 10, 'epochs': 100},
+            'full': {'mean': 53.0, 'std': 0.5, 'all': [52.5, 53.0, 53.5], 'lr': 0.01,
+                     'ipc': None, 'epochs': 30}}
+
+
+def test_t_quantiles_and_the_bonferroni_note(study):
+    # Student's t: closed forms for 1 and 2 degrees of freedom, and the tabled 95 % values
+    for p in (0.975, 0.995, 1 - 0.05 / 22):
+        assert study.t_quantile(p, 1) == pytest.approx(np.tan(np.pi * (p - 0.5)), rel=1e-6)
+        a = 2 * p - 1
+        assert study.t_quantile(p, 2) == pytest.approx(a * np.sqrt(2 / (1 - a * a)), rel=1e-6)
+    for df, t in study.T_975.items():
+        assert study.t_quantile(0.975, df) == pytest.approx(t, abs=1e-3)
+    # two claims over 3 seeds: d = 2, 3, 4 excludes 0 at 95 % (half-width 2.48) but not at
+    # 97.5 % each (t = 6.205, half-width 3.58); the other includes 0 anyway
+    diffs = [{'claim': 'A', 'differences': [2.0, 3.0, 4.0], 'mean': 3.0,
+              'low': 3 - 4.303 / np.sqrt(3), 'high': 3 + 4.303 / np.sqrt(3)},
+             {'claim': 'B', 'differences': [-1.0, 0.0, 1.0], 'mean': 0.0, 'low': -2.5,
+              'high': 2.5}]
+    note = study.multiplicity(diffs)
+    assert note.startswith('These are 2 comparisons') and 'about 0.10 of them' in note
+    assert note.endswith('(each interval at 97.50 %), no longer excluding 0: A.')
+
+
 def test_paired_differences_and_their_intervals(study):
     runs = {}
     for seed, (a, b) in enumerate([(40.0, 38.0), (41.0, 38.5), (40.5, 38.0)]):
@@ -100,13 +129,19 @@ def test_study_report_from_run_files(study, tmp_path):
         for arm in study.MAIN + study.IPC1:
             r = _fake_run(study, arm, seed, 30.0 + seed + (1.0 if 'mct' in arm else 0.0))
             runs[r['name']] = r
-    scores = {'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0}}
+    scores = _scores(study)
     cross = {'mct': {'arm': 'mct', 'set': 'mct_s2', 'seconds': 60.0,
                      'architectures': {'convnet': {'test': {'mean': 33.0, 'std': 0.5},
                                                    'seconds': 12.0},
                                        'resnet18': {'test': {'mean': 25.0, 'std': 1.0},
                                                     'seconds': 340.0}},
-                     'convnet_scores': scores}}
+                     'convnet_scores': scores},
+             'mct_learned': {'arm': 'mct_learned', 'set': 'mct_learned_s0', 'seconds': 1.0,
+                             'architectures': {'convnet': {'test': {'mean': 34.0, 'std': 0.0},
+                                                           'seconds': 1.0},
+                                               'resnet18': {'test': {'mean': 14.9, 'std': 0.0},
+                                                            'seconds': 1.0}},
+                             'convnet_scores': scores}}
     md = study.write_report({'runs': runs, 'cross': cross, 'scale_text': 'tiny',
                              'experts': {'wall_seconds': 60.0, 'num_experts': 2, 'epochs': 3,
                                          'final_test_accuracy': [30.0, 31.0]}, 'cut': '',
@@ -117,6 +152,23 @@ def test_study_report_from_run_files(study, tmp_path):
     assert ('| MCT, 2 anchors (mct_s2) | 33.00 +- 0.50 | 25.00 +- 1.00 | 10.00 | 20.00 | 45.00 |'
             in md)
     assert '- MCT, 2 anchors: convnet 12 s (networks not recorded), resnet18 340 s (networks not recorded)' in md
+    # a soft-label set's scores predate DD-Ranking's soft-label definitions: withheld, said why
+    assert ('| MCT, learned soft labels (mct_learned_s0) | 34.00 +- 0.00 | 14.90 +- 0.00 '
+            '(chance) | withheld | withheld | withheld |') in md
+    assert 'Scores withheld (MCT, learned soft labels)' in md
+    # 14.9 % is within 5 points of CIFAR-10's 10 % chance: flagged and explained; 25 % is not
+    assert '(chance): resnet18 on the set of MCT, learned soft labels reaches 14.90 %' in md
+    assert '25.00 +- 1.00 (chance)' not in md
+    # every baseline's recipe, from the score files
+    assert ('random real images (ipc 10, a fresh draw per network, hard labels), 100 epochs at '
+            "the set's lr (0.0101 for the first row); full data") in md
+    assert '30 epochs at lr 0.01. The full-data baseline trained for fewer epochs' in md
+    # how many comparisons the intervals cover (three pairs differ by a constant 1 point
+    # across seeds, so their intervals have no width and survive the correction)
+    assert 'These are 8 comparisons, each interval at 95 % on its own' in md
+    assert ('With a Bonferroni correction (each interval at 99.38 %), still excluding 0: MCT '
+            '(2 anchors) beats MTT at ipc 10; MCT beats MTT at ipc 1; With learned labels, MCT '
+            'beats MTT.') in md
     assert ("**Not run yet:** the paper's Table 2; the cross-architecture evaluation of MTT"
             in md) and '`python experiments/study_cifar10.py`' in md
     for f in ('study_cifar10.md', 'study_cifar10.json', 'study_accuracy.png'):
@@ -129,7 +181,7 @@ def test_study_report_cuts_cross_networks_alike_and_lays_out_table2(study, tmp_p
         for arm in study.MAIN + study.TABLE2:
             r = _fake_run(study, arm, seed, 30.0 + seed + (2.0 if 'integer' not in arm else 0))
             runs[r['name']] = r
-    scores = {'scores': {'IOR': 10.0, 'HLR': 20.0, 'LRS': 45.0}}
+    scores = _scores(study)
     three = [30.0, 33.0, 36.0]                            # a 3-network evaluation
     cross = {arm: {'arm': arm, 'set': f'{arm}_s0', 'seconds': 1.0, 'convnet_scores': scores,
                    'architectures': {'convnet': {'test': {'mean': np.mean(acc),

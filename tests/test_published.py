@@ -56,3 +56,15 @@ def test_benchmark_tables_in_the_docs_are_those_of_their_results(script, results
     missing = [row for row in table.splitlines() if row.strip() and row not in doc]
     assert not missing, (f'docs/benchmarks.md differs from benchmarks/results/{results}; '
                          f'paste python benchmarks/{script}.py --table:\n' + '\n'.join(missing))
+
+
+def test_readme_results_are_those_of_the_study_run_files():
+    """README.md's results table and claims are formatted from the study's per-run JSON files
+    (``experiments/study_cifar10.py``'s :func:`readme_lines`)."""
+    study = __import__('study_cifar10')
+    runs = study._read_results(os.path.join(REPO, 'experiments', 'results', 'study_cifar10',
+                                            'runs'), 'name')
+    readme = _read('README.md')
+    for name, text in study.readme_lines(runs).items():
+        assert text in readme, (f"README.md's study {name} differs from the run files; paste "
+                                f'study_cifar10.readme_lines:\n{text}')
