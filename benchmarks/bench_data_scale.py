@@ -302,6 +302,23 @@ def main():
     print(table(results), end='')
 
 
+def readme_sentence(results) -> str:
+    """README.md's summary of the expert rows and the growth rows (MiB: ``ru_maxrss`` / 1024),
+    checked against the results file by tests/test_published.py."""
+    cifar, tiny = results['expert'][0], results['expert'][1]
+    anon = [g['peak_anon_mb'] for g in results['growth']]
+    need = IMAGENET_1K * 64 * 64 * 3 * 4 / 2 ** 30
+    return (f"training an expert on all of CIFAR-10 at width 128 peaks at "
+            f"{cifar['ours']['peak_rss_mb']:,.0f} MiB resident against "
+            f"{cifar['torch']['peak_rss_mb']:,.0f} MiB for the PyTorch reference style "
+            f"({cifar['speed_ratio']:.1f}x its speed on the same CPU), on Tiny ImageNet at "
+            f"{tiny['ours']['peak_rss_mb']:,.0f} MiB against {tiny['torch']['peak_rss_mb']:,.0f} "
+            f"MiB, and at ImageNet-1K's shape the program's own memory stays at "
+            f"{min(anon):.0f}-{max(anon):.0f} MiB from {results['growth'][0]['count']:,} to "
+            f"{results['growth'][-1]['count']:,} images (the float32 split would need "
+            f"{need:.0f} GiB)")
+
+
 def table(results) -> str:
     """The Markdown tables of a results JSON."""
     lines = []

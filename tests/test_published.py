@@ -14,6 +14,11 @@ sys.path.insert(0, os.path.join(REPO, 'experiments'))
 import quickstart_results  # noqa: E402
 
 
+def _flat(text):
+    """Text with every run of whitespace one space (the README wraps its prose)."""
+    return ' '.join(text.split())
+
+
 def _read(path):
     with open(os.path.join(REPO, path)) as f:
         return f.read()
@@ -66,5 +71,17 @@ def test_readme_results_are_those_of_the_study_run_files():
                                             'runs'), 'name')
     readme = _read('README.md')
     for name, text in study.readme_lines(runs).items():
+        if name != 'table':          # prose may be wrapped anywhere
+            text, readme = _flat(text), _flat(readme)
         assert text in readme, (f"README.md's study {name} differs from the run files; paste "
                                 f'study_cifar10.readme_lines:\n{text}')
+
+
+def test_readme_memory_sentence_is_that_of_its_benchmark():
+    """README.md's memory sentence is bench_data_scale.readme_sentence of its results."""
+    sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+    bench = __import__('bench_data_scale')
+    text = bench.readme_sentence(json.loads(_read('benchmarks/results/bench_data_scale.json')))
+    assert _flat(text) in _flat(_read('README.md')), (
+        'README.md differs from benchmarks/results/bench_data_scale.json; paste '
+        f'bench_data_scale.readme_sentence:\n{text}')
