@@ -85,3 +85,12 @@ def test_readme_memory_sentence_is_that_of_its_benchmark():
     assert _flat(text) in _flat(_read('README.md')), (
         'README.md differs from benchmarks/results/bench_data_scale.json; paste '
         f'bench_data_scale.readme_sentence:\n{text}')
+
+
+def test_readme_distillation_speed_range_is_that_of_its_benchmark():
+    """README.md's range of distillation time against PyTorch spans the rows of
+    benchmarks/results/bench_distill.json (the forward meta-gradient, one device)."""
+    rows = json.loads(_read('benchmarks/results/bench_distill.json'))['rows']
+    ratios = [r['forward_over_torch'] for r in rows if r.get('forward_over_torch') is not None]
+    text = f'takes {min(ratios):.1f}-{max(ratios):.1f}x the time of a PyTorch implementation'
+    assert text in _flat(_read('README.md')), f'README.md should say: {text}'
