@@ -1,6 +1,6 @@
 """Expert training in PyTorch, written the way the reference MTT code (``buffer.py``) does it.
 
-Benchmark-only (needs the CPU build of PyTorch). The whole training split is converted to
+Benchmark-only (needs PyTorch, CPU or CUDA build: docs/interop.md). The whole training split is converted to
 standardised float32 and held in memory, as the reference's ``images_all`` tensor is; each
 batch of 256 is DSA-augmented and trained with plain SGD (lr 0.01), the ConvNet being the
 reference's (conv 3x3 with bias, instance norm as ``GroupNorm(C, C)`` with affine, ReLU,

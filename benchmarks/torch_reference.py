@@ -1,6 +1,6 @@
 """The distillation iteration in PyTorch, written the way the reference MTT code does it.
 
-Benchmark-only (needs ``pip install torch==2.13.0``, the CPU build). The student's
+Benchmark-only (needs PyTorch: ``pip install -e '.[bench]'``, docs/interop.md). The student's
 parameters are one flat vector; each of the N SGD steps differentiates the student loss with
 ``create_graph=True`` so that the final matching loss can be back-propagated through all
 steps to the synthetic images and the learnable learning rate, as in MTT's ``distill.py``.

@@ -144,6 +144,14 @@ def infer_model(shapes: list) -> BufferModel:
         ok = (norm is not None and len(shapes) == depth * per_block + 2
               and all(s[:1] == (width,) for s in shapes[:-2])
               and all(shapes[c][2:] == (3, 3) for c in convs))
+        # a conv's bias and an instance norm's scale and shift hold one value per channel;
+        # a layer norm's (MTT's ConvNetLN) hold one per channel and pixel
+        wide = [s for i, s in enumerate(shapes[:-2]) if i not in convs and s != (width,)]
+        if ok and wide:
+            raise BufferError(f'The norm parameters have shape {wide[0]}, not ({width},): a '
+                              "layer norm's (MTT's ConvNetLN), which normalises over each "
+                              'whole feature map. Only the instance-norm and no-norm ConvNets '
+                              'can be imported.')
     if not ok:
         raise BufferError(f'The parameters {shapes} are not those of the ConvNet of trajectory '
                           'matching (conv 3x3 [+ norm] per block, then a linear classifier); '

@@ -31,7 +31,9 @@ class RefConvNet(nn.Module):
         layers, c = [], channels
         for _ in range(depth):
             layers.append(nn.Conv2d(c, width, 3, padding=1))
-            if norm:
+            if norm == 'layer':       # MTT's ConvNetLN: LayerNorm over (C, H, W)
+                layers.append(nn.LayerNorm([width, side, side]))
+            elif norm:
                 layers.append(nn.GroupNorm(width, width, affine=True))
             layers += [nn.ReLU(), nn.AvgPool2d(2, 2)]
             c, side = width, side // 2
@@ -292,6 +294,43 @@ def test_the_folder_contradicting_the_flags_or_the_shapes_is_refused(tmp_path, f
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message.format(folder=path) in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not os.path.exists(experts)
+
+
+def test_a_layer_norm_buffer_is_refused_whatever_its_folder_says(tmp_path):
+    """ConvNetLN's parameters have the instance-norm ConvNet's count and leading sizes; a
+    folder renamed away from buffer.py's name must not let it import as one."""
+    trajs = write_buffer(str(tmp_path / 'replay_buffer_0.pt'), experts=1, epochs=1,
+                         norm='layer')
+    shapes = [tuple(p.shape) for p in trajs[0][0]]
+    assert shapes[2] == (8, 16, 16)
+    with pytest.raises(interop.BufferError, match=r"shape \(8, 16, 16\), not \(8,\): a layer "
+                                                  "norm's"):
+        interop.infer_model(shapes)
+
+
+def test_the_folder_name_gives_dataset_and_zca_when_the_flags_leave_them_out(tmp_path):
+    """CIFAR10_NO_ZCA/ConvNet, imported with no data flag: the experts record cifar10 without
+    ZCA, and the command says what it read; a folder not named as buffer.py names it says
+    what it assumed."""
+    path = str(tmp_path / 'buffers' / 'CIFAR10_NO_ZCA' / 'ConvNet')
+    write_buffer(os.path.join(path, 'replay_buffer_0.pt'), experts=1, epochs=2, channels=3,
+                 side=32)
+    experts = str(tmp_path / 'experts')
+    proc = _cli('expert', f'--import_buffers={path}', f'--expert_dir={experts}')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.load(open(os.path.join(experts, 'config.json')))
+    assert (config['dataset'], config['zca'], config['width'], config['train_epochs']) == \
+        ('cifar10', False, 8, 2)
+    assert config['train_images_per_class'] is None          # buffer.py: every image
+    assert f'Read from {path}: ' in proc.stderr and '--dataset=cifar10' in proc.stderr
+    assert '--zca=False' in proc.stderr
+    plain = str(tmp_path / 'mine')
+    write_buffer(os.path.join(plain, 'replay_buffer_0.pt'), experts=1, epochs=2)
+    proc = _cli('expert', *DIGITS, f'--import_buffers={plain}',
+                f"--expert_dir={tmp_path / 'experts2'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'is not named as buffer.py names its folders' in proc.stderr
+    assert 'the data of --dataset=digits with --zca=False' in proc.stderr
 
 
 def test_a_run_that_learns_nothing_says_so_and_its_export_too(tmp_path):
