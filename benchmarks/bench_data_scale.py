@@ -60,7 +60,7 @@ def _status(pid: int) -> dict:
 def run_child(cmd, env=None, timeout=3600) -> dict:
     """Runs ``cmd``; returns its last stdout line as JSON (if any) with its peak resident
     memory as the kernel counted it (``ru_maxrss`` from ``wait4``) and the peaks of its
-    anonymous and file-backed pages as sampled every 50 ms (MB)."""
+    anonymous and file-backed pages as sampled every 50 ms (MiB)."""
     with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err,
                                 env=dict(os.environ, **(env or {})))
@@ -324,7 +324,7 @@ def table(results) -> str:
     lines = []
     if results.get('expert'):
         lines += ['| expert training | depth | ours: images/s | PyTorch: images/s | speed, '
-                  'ours / PyTorch | ours: peak MB (anon) | PyTorch: peak MB | memory, '
+                  'ours / PyTorch | ours: peak MiB (anon) | PyTorch: peak MiB | memory, '
                   'ours / PyTorch |', '|---|---|---|---|---|---|---|---|']
         for r in results['expert']:
             o, t = r['ours'], r.get('torch')
@@ -336,7 +336,7 @@ def table(results) -> str:
                          f"- | {o['peak_rss_mb']:.0f} ({o['peak_anon_mb']:.0f}) | - | - |")
         lines.append('')
     if results.get('growth'):
-        lines += ['| ImageNet-1K shape (64x64, 1,000 classes, depth 4): images | peak MB | '
+        lines += ['| ImageNet-1K shape (64x64, 1,000 classes, depth 4): images | peak MiB | '
                   'anonymous (sampled) | file-backed (sampled: libraries and mapped images) |',
                   '|---|---|---|---|']
         for g in results['growth']:
@@ -345,12 +345,12 @@ def table(results) -> str:
         a, r = results['growth_peak_anon_mb'], results['growth_peak_rss_mb']
         lines += ['', f"Fitted growth per training image: {a['per_image_bytes']:.0f} bytes "
                   f"anonymous, {r['per_image_bytes']:.0f} bytes of peak; extrapolated to "
-                  f"ImageNet-1K ({IMAGENET_1K:,} images): {a['at_imagenet_1k_mb']:.0f} MB "
-                  f"anonymous, {r['at_imagenet_1k_mb']:.0f} MB peak (the float32 training "
+                  f"ImageNet-1K ({IMAGENET_1K:,} images): {a['at_imagenet_1k_mb']:.0f} MiB "
+                  f"anonymous, {r['at_imagenet_1k_mb']:.0f} MiB peak (the float32 training "
                   f"split alone would be {IMAGENET_1K * 64 * 64 * 3 * 4 / 2**30:.0f} GiB).",
                   '']
     if results.get('commands'):
-        lines += ['| command (no compilation cache unless said) | peak MB | seconds |',
+        lines += ['| command (no compilation cache unless said) | peak MiB | seconds |',
                   '|---|---|---|']
         for c in results['commands']:
             lines.append(f"| {c['what']} | {c['peak_rss_mb']:.0f} | {c['wall_seconds']:.0f} |")

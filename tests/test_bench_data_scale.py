@@ -34,4 +34,4 @@ def test_table_from_results():
     text = bench_data_scale.table(results)
     assert '| CIFAR-10 | 3 | 100 | 50 | 2.00 | 1000 (900) | 2000 | 0.50 |' in text
     assert '| 20 | 1000 | 900 | 100 |' in text and '| distill | 700 | 9 |' in text
-    assert 'extrapolated to ImageNet-1K (1,281,167 images): 900 MB anonymous' in text
+    assert 'extrapolated to ImageNet-1K (1,281,167 images): 900 MiB anonymous' in text
