@@ -3,14 +3,18 @@ subsets from an ILSVRC folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) at 128 px
 downsampled ImageNet's npz batches at 64 px, and TFDS's imagenet_resized under mock data.
 Nothing is downloaded."""
 
+import json
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mct_jax import data
+from conftest import REPO
+from mct_jax import data, prepare
 from mct_jax.data import DataError, arrays, catalog, imagenet, store
 
 NETTE = catalog.SPECS['imagenette'].wnids
@@ -70,6 +74,41 @@ def test_subset_from_its_own_download(tmp_path):
                            val_images_per_class=0)
     assert len(ds.y_train) == 10 and ds.class_names[2] == 'Samoyed'
     assert ds.image_shape == (128, 128, 3)
+
+
+def test_prepare_command_writes_a_subset_and_the_downsampled_batches(tmp_path):
+    """``python -m mct_jax.prepare`` on an ILSVRC folder and on the downsampled npz files:
+    the prepared folders hold the images and labels the folder sources read."""
+    root = _ilsvrc(tmp_path / 'imagenet', NETTE, extra=(OTHER,))
+    out = tmp_path / 'prepared_nette'
+    proc = subprocess.run([sys.executable, '-m', 'mct_jax.prepare', '--dataset=imagenette',
+                           f'--source_path={root}', f'--data_dir={out}'], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])['splits'] == {'train': 20,
+                                                                          'test': 10}
+    prepared = data.load_raw('imagenette', 'prepared', out)
+    folder = data.load_raw('imagenette', 'folder', root, cache_dir=tmp_path / 'cache')
+    for a, b in ((prepared.x_train, folder.x_train), (prepared.y_train, folder.y_train),
+                 (prepared.x_test, folder.x_test), (prepared.y_test, folder.y_test)):
+        np.testing.assert_array_equal(a, b)
+    assert prepared.class_names == folder.class_names
+    # the downsampled ImageNet's batches, prepared by the library call the command makes
+    rng = np.random.default_rng(1)
+    down = tmp_path / 'down'
+    (down / 'Imagenet64_train_npz').mkdir(parents=True)
+    (down / 'val').mkdir()
+    np.savez(down / 'Imagenet64_train_npz' / 'train_data_batch_1.npz',
+             data=rng.integers(0, 256, (3, 3 * 64 * 64), dtype=np.uint8), labels=[5, 1, 1000])
+    np.savez(down / 'val' / 'val_data.npz',
+             data=rng.integers(0, 256, (2, 3 * 64 * 64), dtype=np.uint8), labels=[2, 7])
+    meta = prepare.prepare('imagenet64', down, tmp_path / 'prepared_64')
+    assert meta['splits'] == {'train': 3, 'test': 2}
+    prepared = data.load_raw('imagenet64', 'prepared', tmp_path / 'prepared_64')
+    folder = data.load_raw('imagenet64', 'folder', down, cache_dir=tmp_path / 'cache64')
+    np.testing.assert_array_equal(prepared.x_train, folder.x_train)
+    np.testing.assert_array_equal(prepared.y_train, [4, 0, 999])
+    np.testing.assert_array_equal(prepared.y_test, folder.y_test)
 
 
 def test_downsampled_imagenet_batches(tmp_path):

@@ -98,7 +98,7 @@ def write_subset(folder, name: str, data_dir, listing=None) -> None:
     """Decodes subset ``name`` of the ILSVRC folder ``data_dir`` into a prepared folder."""
     train, test, fingerprint = listing or subset_index(name, data_dir)
     with store.Writer(folder, dataset=name, image_shape=(SUBSET_SIZE, SUBSET_SIZE, 3),
-                      class_names=catalog.SPECS[name].wnids, origin=str(data_dir),
+                      class_names=catalog.default_class_names(name), origin=str(data_dir),
                       fingerprint=fingerprint) as w:
         for split, files in (('train', train), ('test', test)):
             out = w.images(split, len(files))
