@@ -50,6 +50,7 @@ def test_the_results_file_holds_what_the_sentences_need():
 @pytest.mark.parametrize('script,results', [
     ('bench_data_scale', 'bench_data_scale.json'),
     ('bench_passes', 'bench_passes.json'),
+    ('bench_ddranking', 'bench_ddranking.json'),
 ])
 def test_benchmark_tables_in_the_docs_are_those_of_their_results(script, results):
     """docs/benchmarks.md holds each table exactly as ``python benchmarks/SCRIPT.py
