@@ -14,7 +14,7 @@ import os
 
 from absl import flags, logging
 
-from mct_jax import data, distill, expert_store, models, rollout, trajectory
+from mct_jax import data, distill, evaluate, expert_store, models, rollout, trajectory
 
 FLAGS = flags.FLAGS
 
@@ -281,6 +281,20 @@ def inherit(stored: dict, where: str) -> list[str]:
         logging.info('Using %s from %s.',
                      ', '.join(f'--{n}={FLAGS[n].value}' for n in taken), where)
     return taken
+
+
+def inherit_from_set(path: str) -> None:
+    """Settings the command line leaves open, from a distilled set at ``path`` and from its
+    experts' config (a missing or broken set is left to the validation to report)."""
+    try:
+        settings = evaluate.load_synthetic(path)['settings']
+        inherit(settings, path)
+        experts = settings.get('expert_dir')
+        if experts:
+            inherit(expert_store.read_config(experts),
+                    os.path.join(experts, expert_store.CONFIG_FILE))
+    except Exception:   # noqa: BLE001 -- reported by cli.validate with its fix
+        pass
 
 
 def inherit_from_experts() -> list[str]:
