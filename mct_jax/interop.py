@@ -240,6 +240,27 @@ def check_folder_matches(folder: str, named: BufferFolder, found: BufferModel) -
             'wrote them to.')
 
 
+class BufferSetup(NamedTuple):
+    """What a buffer folder holds, read off its name and its first file."""
+    files: list             # replay_buffer_N.pt, by N
+    named: BufferFolder     # what the folder's name says
+    model: BufferModel      # what the first snapshot's shapes say
+    epochs: int             # snapshots per trajectory, less the initial one
+
+
+def read_setup(folder: str) -> BufferSetup:
+    """The buffers of ``folder``, described: refuses a ConvNet variant that cannot be
+    imported, a file that is not a buffer, and a folder name that contradicts the shapes."""
+    files = buffer_files(folder)
+    named = read_buffer_folder(folder)
+    first = read_buffer_file(files[0])
+    model = infer_model([tuple(p.shape) for p in first[0][0]])
+    epochs = len(first[0]) - 1
+    del first
+    check_folder_matches(folder, named, model)
+    return BufferSetup(files, named, model, epochs)
+
+
 def check_trajectories_move(buf, name: str) -> None:
     """Refuses a buffer whose trajectory repeats a snapshot: an expert that did not move in
     some epoch gives the trajectory-matching loss a zero denominator (``loss inf``)."""

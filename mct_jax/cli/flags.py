@@ -297,6 +297,40 @@ def inherit_from_set(path: str) -> None:
         pass
 
 
+def inherit_from_buffers(folder: str, setup) -> list[str]:
+    """Takes the network, the epochs, the dataset and the ZCA choice of the buffers in
+    ``folder`` (:func:`mct_jax.interop.read_setup`) where the command line leaves them open,
+    and says what it took or assumed. Returns the problems: a flag that contradicts what the
+    folder's name says."""
+    read = {'width': setup.model.width, 'depth': setup.model.depth,
+            'norm': setup.model.norm, 'train_epochs': setup.epochs}
+    told = {k: v for k, v in (('dataset', setup.named.dataset), ('zca', setup.named.zca))
+            if v is not None}
+    problems = [f'--{k}={FLAGS[k].value}, but {folder} holds buffers of {v!r} (buffer.py '
+                f'writes <dataset>[_NO_ZCA]/<model>); use --{k}={v} or the buffers of '
+                f'that setting.' for k, v in told.items()
+                if FLAGS[k].present and FLAGS[k].value != v]
+    if problems:
+        return problems
+    read.update(told)
+    taken = [name for name in read if not FLAGS[name].present]
+    for name in taken:
+        FLAGS[name].value = read[name]
+    if taken:
+        logging.info('Read from %s: %s.', folder if setup.named.model else setup.files[0],
+                     ', '.join(f'--{n}={FLAGS[n].value}' for n in taken))
+    if setup.named.model is None:
+        logging.info('%s is not named as buffer.py names its folders (<dataset>[_NO_ZCA]/'
+                     'ConvNet...): assumed the instance-norm ReLU ConvNet with average pooling '
+                     'that the shapes describe, and the data of --dataset=%s with --zca=%s.',
+                     folder, FLAGS.dataset, FLAGS.zca)
+    if FLAGS.train_images_per_class is not None:
+        logging.warning('--train_images_per_class=%d: recorded as what the experts were '
+                        'trained on; buffer.py trains on every training image.',
+                        FLAGS.train_images_per_class)
+    return problems
+
+
 def inherit_from_experts() -> list[str]:
     """:func:`inherit` from ``--expert_dir``'s ``config.json``, if it has one (an unreadable
     one is left to the checks, which report it)."""

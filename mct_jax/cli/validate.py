@@ -120,6 +120,16 @@ def stored_config_problems(expert_dir: str, keys) -> list[str]:
             and expert_store.stored_value(stored, k) != mine[k]]
 
 
+def import_command_problems() -> list[str]:
+    """``python -m mct_jax.expert --import_buffers``."""
+    problems = expert_command_problems()
+    if FLAGS.val_images_per_class:
+        problems.append(f'--val_images_per_class={FLAGS.val_images_per_class}: imported experts '
+                        'were trained on every training image, so none can be held out; '
+                        'import with --val_images_per_class=0.')
+    return problems
+
+
 def expert_command_problems() -> list[str]:
     """``python -m mct_jax.expert``."""
     problems = data_problems() + model_problems()

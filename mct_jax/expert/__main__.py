@@ -24,43 +24,9 @@ def import_buffers():
     """``--import_buffers``: the architecture and epochs are read off the first buffer file
     (flags that are set must agree); the data flags say what the experts were trained on."""
     folder = FLAGS.import_buffers
-    files = interop.buffer_files(folder)
-    path = interop.read_buffer_folder(folder)
-    first = interop.read_buffer_file(files[0])
-    found = interop.infer_model([tuple(p.shape) for p in first[0][0]])
-    epochs = len(first[0]) - 1
-    del first
-    interop.check_folder_matches(folder, path, found)
-    read = {'width': found.width, 'depth': found.depth, 'norm': found.norm,
-            'train_epochs': epochs}
-    told = {'dataset': path.dataset, 'zca': path.zca}
-    problems = [f'--{k}={FLAGS[k].value}, but {folder} holds buffers of {v!r} (buffer.py '
-                f'writes <dataset>[_NO_ZCA]/<model>); use --{k}={v} or the buffers of '
-                f'that setting.' for k, v in told.items()
-                if v is not None and FLAGS[k].present and FLAGS[k].value != v]
-    validate.raise_if_any(problems, 'import')
-    read.update({k: v for k, v in told.items() if v is not None})
-    taken = [name for name, value in read.items() if not FLAGS[name].present]
-    for name in taken:
-        FLAGS[name].value = read[name]
-    if taken:
-        logging.info('Read from %s: %s.', folder if path.model else files[0],
-                     ', '.join(f'--{n}={FLAGS[n].value}' for n in taken))
-    if path.model is None:
-        logging.info('%s is not named as buffer.py names its folders (<dataset>[_NO_ZCA]/'
-                     'ConvNet...): assumed the instance-norm ReLU ConvNet with average pooling '
-                     'that the shapes describe, and the data of --dataset=%s with --zca=%s.',
-                     folder, FLAGS.dataset, FLAGS.zca)
-    if FLAGS.train_images_per_class is not None:
-        logging.warning('--train_images_per_class=%d: recorded as what the experts were '
-                        'trained on; buffer.py trains on every training image.',
-                        FLAGS.train_images_per_class)
-    problems = validate.expert_command_problems()
-    if FLAGS.val_images_per_class:
-        problems.append(f'--val_images_per_class={FLAGS.val_images_per_class}: imported experts '
-                        'were trained on every training image, so none can be held out; '
-                        'import with --val_images_per_class=0.')
-    validate.raise_if_any(problems, 'import')
+    setup = interop.read_setup(folder)
+    validate.raise_if_any(cli_flags.inherit_from_buffers(folder, setup), 'import')
+    validate.raise_if_any(validate.import_command_problems(), 'import')
     name = FLAGS.dataset
     size, channels = data.IMAGE_SIZE[name], data.CHANNELS[name]
     expected = interop.BufferModel(channels, FLAGS.width, FLAGS.depth, FLAGS.norm,
