@@ -228,9 +228,9 @@ def _weighted_gather(
       ``[B, H, W, C]``.
 
     The backward pass is written by hand (a chain of T in-place scatter-adds
-    into one buffer) because the transpose JAX derives for the gathers ran 3-5x
-    slower on XLA:CPU (B=500, 32x32x3: ~13 ms against 40-70 ms); this runs in
-    every differentiated distillation step. Consequence: only reverse mode is
+    into one buffer) because the transpose JAX derives for the gathers is several
+    times slower on XLA:CPU (docs/benchmarks.md); this runs in every differentiated
+    distillation step. Consequence: only reverse mode is
     defined with respect to ``x`` (``jax.grad``/``vjp``/``jacrev``, also nested);
     ``jax.jvp``/``jacfwd`` through ``x`` raise. ``idx`` and ``wt`` depend only on
     the PRNG key and get no gradient.

@@ -47,8 +47,9 @@ def conv(p: dict, x, stride: int = 1, padding: int = 1):
 
     x: [B, H, W, C_in] -> [B, H', W', C_out]. Written as im2col
     (:func:`~mct_jax.models.conv_net.patches`, as the ConvNet's ``conv3x3``) and one matrix
-    product: its derivatives are matrix products, pads and slices, which trained VGG11 4.6x faster than ``lax.conv_general_dilated``'s on the
-    2-core CPU and ResNet18 1.1x faster (AlexNet 0.9x; docs/benchmarks.md).
+    product: its derivatives are matrix products, pads and slices, which XLA:CPU runs faster
+    than ``lax.conv_general_dilated``'s for most of the reference networks (the measurements
+    are in docs/benchmarks.md).
     """
     kh, kw, _, c_out = p['w'].shape
     cols = patches(x, kh, kw, stride, padding)
