@@ -168,6 +168,13 @@ def from_config(config: dict) -> Model:
                    config.get('pool', 'avgpool'))
 
 
+def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
+    """A ``flax.linen`` module as a :class:`Model` (:func:`mct_jax.models.flax_module.from_flax`;
+    Flax is imported only when this is called, so the commands start without it)."""
+    from mct_jax.models import flax_module
+    return flax_module.from_flax(module, input_shape, train_arg=train_arg)
+
+
 def num_params(params: Params) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(int(leaf.size) for leaf in jax.tree.leaves(params))

@@ -1,0 +1,75 @@
+"""A Flax module as a :class:`~mct_jax.models.Model`: bring your own network.
+
+    import flax.linen as nn
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(32, (3, 3))(x)))
+            return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+    model = models.from_flax(Net(), (32, 32, 3))
+
+The module maps ``[B, H, W, C]`` images to ``[B, num_classes]`` logits and is deterministic
+(no dropout). Its parameters are the ``params`` collection, drawn from the key as
+``module.init`` draws them. A module with a ``batch_stats`` collection (``nn.BatchNorm``) is
+a model with running statistics, as the reference evaluation's batch-norm networks are:
+training normalises with the batch's statistics and updates the running ones, inference
+uses the running ones; the module's ``train`` argument (``train_arg``) says which. Any
+other variable collection is refused, naming it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+
+from mct_jax.models import Model
+
+
+def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
+    """``module`` (a ``flax.linen.Module``) as a :class:`Model` for ``input_shape`` images
+    (``(H, W, C)``).
+
+    Raises:
+      ValueError: the module holds variables other than ``params`` and ``batch_stats``, or
+        has batch statistics but no ``train_arg`` argument to switch them.
+    """
+    x0 = jnp.zeros((1, *input_shape), jnp.float32)
+    takes_train = train_arg in inspect.signature(module.__call__).parameters
+    mode = (lambda train: {train_arg: train}) if takes_train else (lambda train: {})
+    shapes = jax.eval_shape(lambda key: module.init(key, x0, **mode(False)),
+                            jax.random.key(0))
+    name = type(module).__name__
+    other = sorted(set(shapes) - {'params', 'batch_stats'})
+    if other:
+        raise ValueError(f'{name} holds the variable collections {other}; a model keeps only '
+                         "'params' and 'batch_stats' (a deterministic network, no dropout).")
+
+    def init(key):
+        return module.init(key, x0, **mode(False))['params']
+
+    if 'batch_stats' not in shapes:
+        return Model(init=init,
+                     apply=lambda params, x: module.apply({'params': params}, x, **mode(False)))
+    if not takes_train:
+        raise ValueError(f'{name} has batch statistics but no {train_arg!r} argument to switch '
+                         'between batch and running statistics; add one (or pass train_arg=).')
+    # Running statistics start where the module initialises them (nn.BatchNorm: mean 0,
+    # variance 1), whatever the key.
+    start = module.init(jax.random.key(0), x0, **mode(False))['batch_stats']
+
+    def init_stats():
+        return jax.tree.map(jnp.array, start)
+
+    def apply_stats(params, stats, x, train):
+        variables = {'params': params, 'batch_stats': stats}
+        if not train:
+            return module.apply(variables, x, **mode(False)), stats
+        logits, updated = module.apply(variables, x, mutable=['batch_stats'], **mode(True))
+        return logits, updated['batch_stats']
+
+    return Model(init=init,
+                 apply=lambda params, x: apply_stats(params, init_stats(), x, True)[0],
+                 init_stats=init_stats, apply_stats=apply_stats)

@@ -1,0 +1,115 @@
+"""A user's Flax module as a Model: its forward pass against float64 NumPy from its own
+parameters, batch norm's running statistics against its update rule written in NumPy,
+and the evaluation protocol training it."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mct_jax import evaluate, models
+
+
+class MLP(nn.Module):
+    hidden: int = 16
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.classes)(h)
+
+
+class BNNet(nn.Module):
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(8)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        return nn.Dense(self.classes)(nn.relu(x))
+
+
+def _np_dense(p, x):
+    return x @ np.asarray(p['kernel'], np.float64) + np.asarray(p['bias'], np.float64)
+
+
+def test_a_module_without_state_is_a_model_drawn_from_the_key():
+    model = models.from_flax(MLP(), (4, 4, 1))
+    assert model.init_stats is None and model.apply_stats is None
+    params = model.init(jax.random.key(0))
+    again = model.init(jax.random.key(0))
+    other = model.init(jax.random.key(1))
+    assert jax.tree.all(jax.tree.map(np.array_equal, params, again))
+    assert not np.array_equal(params['Dense_0']['kernel'], other['Dense_0']['kernel'])
+    assert models.num_params(params) == 16 * 16 + 16 + 16 * 3 + 3
+    x = np.random.default_rng(0).normal(size=(5, 4, 4, 1))
+    want = _np_dense(params['Dense_1'],
+                     np.maximum(_np_dense(params['Dense_0'], x.reshape(5, -1)), 0))
+    got = model.apply(params, jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_trains_on_batch_statistics_and_infers_on_running_ones():
+    model = models.from_flax(BNNet(), (2, 2, 1))
+    params, stats = model.init(jax.random.key(0)), model.init_stats()
+    np.testing.assert_array_equal(stats['BatchNorm_0']['mean'], np.zeros(8))
+    np.testing.assert_array_equal(stats['BatchNorm_0']['var'], np.ones(8))
+    x = np.random.default_rng(1).normal(size=(6, 2, 2, 1))
+    h = _np_dense(params['Dense_0'], x.reshape(6, -1))
+    scale = np.asarray(params['BatchNorm_0']['scale'], np.float64)
+    bias = np.asarray(params['BatchNorm_0']['bias'], np.float64)
+    head = lambda z: _np_dense(params['Dense_1'], np.maximum(z * scale + bias, 0))
+    # train mode: the batch's own mean and (biased) variance; running statistics move by
+    # momentum 0.9 towards them (PyTorch's update with its momentum 0.1, but the unbiased
+    # variance there: Flax keeps the biased one)
+    logits, new = model.apply_stats(params, stats, jnp.asarray(x, jnp.float32), True)
+    mean, var = h.mean(0), h.var(0)
+    np.testing.assert_allclose(logits, head((h - mean) / np.sqrt(var + 1e-5)), rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(new['BatchNorm_0']['mean'], 0.1 * mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(new['BatchNorm_0']['var'], 0.9 + 0.1 * var, rtol=1e-4)
+    # inference: the running statistics, which do not change
+    logits, same = model.apply_stats(params, new, jnp.asarray(x, jnp.float32), False)
+    running_mean = np.asarray(new['BatchNorm_0']['mean'], np.float64)
+    running_var = np.asarray(new['BatchNorm_0']['var'], np.float64)
+    np.testing.assert_allclose(logits, head((h - running_mean) / np.sqrt(running_var + 1e-5)),
+                               rtol=1e-4, atol=1e-4)
+    assert same is new
+
+
+def test_the_evaluation_protocol_trains_a_flax_module():
+    """Two linearly separable classes of 4x4 images: every network the protocol trains on 20
+    images classifies the held-out ones, with and without batch norm."""
+    rng = np.random.default_rng(0)
+    def blobs(n):
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, 4, 4, 1)) * 0.3 + np.where(y, 1.0, -1.0)[:, None, None, None]
+        return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+    (x, y), test = blobs(20), blobs(200)
+    for module in (MLP(classes=2), BNNet(classes=2)):
+        model = models.from_flax(module, (4, 4, 1))
+        run = evaluate.make_evaluator(model, num_nets=2, epochs=30, batch_size=10)
+        acc = run(jax.random.key(0), x, y, jnp.float32(0.05), (test,))
+        assert acc.shape == (2, 1) and float(acc.min()) >= 0.95, (type(module).__name__, acc)
+
+
+def test_modules_the_model_cannot_hold_are_refused():
+    class Counter(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            calls = self.variable('counters', 'calls', lambda: jnp.zeros(()))
+            calls.value += 1
+            return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+    class NoSwitch(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.BatchNorm(use_running_average=True)(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(ValueError, match=r"Counter holds the variable collections \['counters'\]"):
+        models.from_flax(Counter(), (2, 2, 1))
+    with pytest.raises(ValueError, match="NoSwitch has batch statistics but no 'train'"):
+        models.from_flax(NoSwitch(), (2, 2, 1))
