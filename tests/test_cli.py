@@ -18,8 +18,8 @@ TINY = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth
         '--lr_img=100', '--iterations=4', '--eval_every=2', '--num_eval=2', '--eval_epochs=5']
 
 
-def _run(module, *args, check=True):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+def _run(module, *args, check=True, **env_vars):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', **env_vars)
     proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode:
@@ -125,6 +125,46 @@ def test_cross_architecture_report_through_the_command_line(tmp_path):
     assert 'training the' not in second.stderr and 'baseline from' in second.stderr
     again = json.loads(second.stdout.strip().splitlines()[-1])
     assert again['mlp']['random'] == results['mlp']['random']
+
+
+USER_NETS = """
+import flax.linen as nn
+
+
+class TinyNet(nn.Module):
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
+"""
+
+
+@pytest.mark.slow
+def test_a_users_flax_module_evaluates_a_set_by_import_path(tmp_path):
+    """--models=package.module:Name: a Flax module defined outside the package evaluates a
+    distilled set beside the built-in ConvNet; a path that does not import is refused before
+    any work, naming it."""
+    (tmp_path / 'usernets').mkdir()
+    (tmp_path / 'usernets' / '__init__.py').write_text('')
+    (tmp_path / 'usernets' / 'nets.py').write_text(USER_NETS)
+    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
+    _run('expert', *TINY, f'--expert_dir={experts}')
+    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    args = [f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2',
+            f'--report_dir={tmp_path}/report']
+    proc = _run('evaluate', *args, '--models=convnet,usernets.nets:TinyNet',
+                PYTHONPATH=str(tmp_path))
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(results) == {'convnet', 'usernets.nets:TinyNet'}
+    assert 0 <= results['usernets.nets:TinyNet']['test']['mean'] <= 100
+    assert '| usernets.nets:TinyNet |' in open(tmp_path / 'report' / 'cross_architecture.md').read()
+    bad = _run('evaluate', *args, '--models=usernets.nope:TinyNet', check=False,
+               PYTHONPATH=str(tmp_path))
+    assert bad.returncode != 0 and "cannot import 'usernets.nope'" in bad.stderr
+    assert 'Traceback' not in bad.stderr
 
 
 @pytest.mark.slow

@@ -113,3 +113,26 @@ def test_modules_the_model_cannot_hold_are_refused():
         models.from_flax(Counter(), (2, 2, 1))
     with pytest.raises(ValueError, match="NoSwitch has batch statistics but no 'train'"):
         models.from_flax(NoSwitch(), (2, 2, 1))
+
+
+def test_a_module_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / 'my_nets.py').write_text(
+        'import flax.linen as nn\n'
+        'class Head(nn.Module):\n'
+        '    num_classes: int = 1\n'
+        '    @nn.compact\n'
+        '    def __call__(self, x):\n'
+        '        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))\n'
+        'head = Head(num_classes=7)\n'
+        'not_a_module = 3\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = models.from_module_path('my_nets:Head', (2, 2, 1), 5)      # built with 5 classes
+    assert model.apply(model.init(jax.random.key(0)), jnp.ones((3, 2, 2, 1))).shape == (3, 5)
+    model = models.from_module_path('my_nets:head', (2, 2, 1), 5)      # an instance as it is
+    assert model.apply(model.init(jax.random.key(0)), jnp.ones((3, 2, 2, 1))).shape == (3, 7)
+    for path, message in (('my_nets', 'is not package.module:Name'),
+                          ('no_such_package:Net', "cannot import 'no_such_package'"),
+                          ('my_nets:Tail', "my_nets has no 'Tail'"),
+                          ('my_nets:not_a_module', 'is a int, not a flax.linen.Module')):
+        with pytest.raises(ValueError, match=message):
+            models.from_module_path(path, (2, 2, 1), 5)

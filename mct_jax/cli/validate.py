@@ -13,6 +13,7 @@ from pathlib import Path
 from absl import flags
 
 from mct_jax import checkpoint, data, distill, expert_store, models
+from mct_jax.models import flax_module
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import ranking
 
@@ -224,7 +225,10 @@ def evaluate_command_problems() -> list[str]:
                         '(for a baseline alone use --baseline).')
     for name in FLAGS.models or []:
         try:
-            models.canonical_name(name)
+            if ':' in name:     # a Flax module by import path: it must import and build
+                flax_module.from_path(name, data.NUM_CLASSES[FLAGS.dataset])
+            else:
+                models.canonical_name(name)
         except ValueError as e:
             problems.append(f'--models: {e}')
     try:

@@ -98,9 +98,11 @@ def architectures(ds, syn, choices: Choices, protocol: ranking.Protocol):
     built, lrs, keys = {}, {}, {}
     width = protocol.convnet_width or choices.model_config['width']
     for raw in choices.models:
-        name = models.canonical_name(raw)
+        name = raw if ':' in raw else models.canonical_name(raw)
         keys[name] = {'name': name}
-        if name == 'convnet':
+        if ':' in name:      # a user's Flax module, package.module:Name
+            built[name] = models.from_module_path(name, ds.image_shape, ds.num_classes)
+        elif name == 'convnet':
             config = dict(choices.model_config, width=width)
             built[name] = models.from_config(config)
             keys[name].update({k: config[k] for k in ('width', 'depth', 'norm')})

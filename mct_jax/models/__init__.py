@@ -175,6 +175,13 @@ def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
     return flax_module.from_flax(module, input_shape, train_arg=train_arg)
 
 
+def from_module_path(path: str, input_shape, num_classes: int) -> Model:
+    """The Flax module ``package.module:Name`` names, as a :class:`Model`
+    (:func:`mct_jax.models.flax_module.from_path`)."""
+    from mct_jax.models import flax_module
+    return flax_module.from_flax(flax_module.from_path(path, num_classes), input_shape)
+
+
 def num_params(params: Params) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(int(leaf.size) for leaf in jax.tree.leaves(params))

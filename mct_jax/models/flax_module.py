@@ -20,6 +20,8 @@ other variable collection is refused, naming it.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import inspect
 
 import jax
@@ -73,3 +75,34 @@ def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
     return Model(init=init,
                  apply=lambda params, x: apply_stats(params, init_stats(), x, True)[0],
                  init_stats=init_stats, apply_stats=apply_stats)
+
+
+def from_path(path: str, num_classes: int):
+    """The Flax module ``package.module:Name`` names: a ``flax.linen.Module`` class, built
+    with ``num_classes=`` when it has that field (else with no arguments), or an instance.
+
+    Raises:
+      ValueError: the path does not import, names nothing, or names no Flax module; the
+        message says which and how to fix it.
+    """
+    import flax.linen as nn
+    where, _, name = path.partition(':')
+    if not where or not name:
+        raise ValueError(f'{path!r} is not package.module:Name (e.g. my_nets.wide:WideNet).')
+    try:
+        found = importlib.import_module(where)
+    except ImportError as e:
+        raise ValueError(f'{path!r}: cannot import {where!r} ({e}); install it or put it on '
+                         'PYTHONPATH.') from None
+    try:
+        for part in name.split('.'):
+            found = getattr(found, part)
+    except AttributeError:
+        raise ValueError(f'{path!r}: {where} has no {name!r}.') from None
+    if isinstance(found, type) and issubclass(found, nn.Module):
+        fields = {f.name for f in dataclasses.fields(found)}
+        return found(num_classes=num_classes) if 'num_classes' in fields else found()
+    if isinstance(found, nn.Module):
+        return found
+    raise ValueError(f'{path!r} is a {type(found).__name__}, not a flax.linen.Module class or '
+                     'instance.')
