@@ -11,7 +11,9 @@ The ConvNet of trajectory matching is :func:`convnet` (definition in
 :mod:`mct_jax.models.conv_net_grad`). :func:`get` builds it and the field's other
 evaluation architectures by name (:data:`ARCHITECTURES`, definitions in
 :mod:`mct_jax.models.reference`). A new architecture is a module with ``init`` and
-``apply`` plus its entry in :func:`get`.
+``apply`` plus its entry in :func:`get`. A user's ``flax.linen`` module becomes a model
+with :func:`from_flax` (:mod:`mct_jax.models.flax_module`), or by import path with
+:func:`from_module_path`.
 
 Batch norm keeps running statistics, which are not parameters: such a model also has
 ``init_stats`` and ``apply_stats`` (training normalises with batch statistics and updates
@@ -22,39 +24,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from mct_jax.models import conv_net, conv_net_grad, reference
+from mct_jax.models import conv_net, conv_net_grad, flax_module, reference
 from mct_jax.models.conv_net import ACTIVATIONS, NORMS, POOLS, Params  # noqa: F401
-
-
-class Model(NamedTuple):
-    """An architecture with its static choices bound.
-
-    ``init(key) -> params`` draws fresh parameters; ``apply(params, x) -> logits`` maps
-    [B, H, W, C] images to [B, num_classes] logits. The optional fields are faster
-    derivatives of the mean cross-entropy, used when present:
-
-    * ``loss_grad(params, x, labels, input_grad=False) -> (grads, grad_x or None, logits)``;
-    * ``stored_hvp``: ``(grad_and_residuals(params, x, labels) -> (grads, logits,
-      residuals), hvp(params, residuals, x, labels, v, input_grad, logits_tangent) -> (hv,
-      hv_x or None[, logits_t]))``, the gradient that also keeps what its Hessian-vector
-      product needs.
-
-    ``labels`` are [B] integer classes or [B, K] target probabilities (soft labels).
-
-    Models with batch norm also have ``init_stats() -> stats`` (running means 0, variances
-    1) and ``apply_stats(params, stats, x, train) -> (logits, stats)``.
-    """
-    init: Callable[..., Params]
-    apply: Callable[..., Any]
-    loss_grad: Callable[..., Any] | None = None
-    stored_hvp: tuple[Callable[..., Any], Callable[..., Any]] | None = None
-    init_stats: Callable[[], Any] | None = None
-    apply_stats: Callable[..., Any] | None = None
+from mct_jax.models.model import Model
 
 
 def convnet(input_shape, num_classes, width=128, depth=3, norm='instancenorm', act='relu',
@@ -168,17 +144,12 @@ def from_config(config: dict) -> Model:
                    config.get('pool', 'avgpool'))
 
 
-def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
-    """A ``flax.linen`` module as a :class:`Model` (:func:`mct_jax.models.flax_module.from_flax`;
-    Flax is imported only when this is called, so the commands start without it)."""
-    from mct_jax.models import flax_module
-    return flax_module.from_flax(module, input_shape, train_arg=train_arg)
+from_flax = flax_module.from_flax
 
 
 def from_module_path(path: str, input_shape, num_classes: int) -> Model:
     """The Flax module ``package.module:Name`` names, as a :class:`Model`
     (:func:`mct_jax.models.flax_module.from_path`)."""
-    from mct_jax.models import flax_module
     return flax_module.from_flax(flax_module.from_path(path, num_classes), input_shape)
 
 

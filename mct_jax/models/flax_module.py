@@ -27,7 +27,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from mct_jax.models import Model
+from mct_jax.models.model import Model
 
 
 def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
