@@ -1,6 +1,6 @@
 """A user's Flax module as a Model: its forward pass against float64 NumPy from its own
-parameters, batch norm's running statistics against its update rule written in NumPy,
-and the evaluation protocol training it."""
+parameters, batch norm's running statistics against its update rule written in NumPy, the
+evaluation protocol training it, and the meta-gradient through it as a student."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mct_jax import evaluate, models
+from mct_jax import evaluate, models, rollout, trajectory
 
 
 class MLP(nn.Module):
@@ -136,3 +136,33 @@ def test_a_module_by_import_path(tmp_path, monkeypatch):
                           ('my_nets:not_a_module', 'is a int, not a flax.linen.Module')):
         with pytest.raises(ValueError, match=message):
             models.from_module_path(path, (2, 2, 1), 5)
+
+
+def test_a_flax_student_gives_the_meta_gradient_of_finite_differences():
+    """The student of trajectory matching may be a Flax module: the matching loss's gradient
+    with respect to the learned lr equals a central difference of the loss itself."""
+    class Student(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.tanh(nn.Conv(4, (3, 3), param_dtype=jnp.float64)(x))
+            return nn.Dense(3, param_dtype=jnp.float64)(x.mean(axis=(1, 2)))
+
+    with jax.enable_x64(True):
+        net = models.from_flax(Student(), (6, 6, 1))
+        theta0, theta1 = net.init(jax.random.key(0)), net.init(jax.random.key(1))
+        leaves = len(jax.tree.leaves(theta0))
+        traj = trajectory.convexified([theta0, theta1], [0, 1], [[0.0] * leaves, [1.0] * leaves])
+        start, target = trajectory.point(traj, 0.25), trajectory.point(traj, 1.0)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(9, 6, 6, 1)))
+        y = jnp.arange(9) % 3
+        options = rollout.RolloutOptions(num_steps=4, batch_size=9)
+
+        def loss(lr):
+            syn = {'images': x, 'lr': lr}
+            return rollout.meta_loss(syn, y, start, target, jax.random.key(2), net, options)
+
+        grad = jax.grad(loss)(jnp.float64(0.05))
+        h = 1e-5
+        numeric = (loss(jnp.float64(0.05 + h)) - loss(jnp.float64(0.05 - h))) / (2 * h)
+        assert float(grad) == pytest.approx(float(numeric), rel=1e-5)
+        assert abs(float(grad)) > 1e-6
