@@ -158,12 +158,13 @@ def cross_architecture(ds, syn, path: str, choices: Choices, key) -> dict:
 
 
 def full_data(ds, data_key: dict) -> str:
-    """How the report names the full data: the run's training images, their subset and any
-    validation split held out of them."""
+    """How the report names the full data: the run's training images, their subset and the
+    validation split held out before the subset was taken (:func:`mct_jax.data.load_dataset`)."""
     k, held = data_key.get('train_images_per_class'), data_key.get('val_images_per_class')
     return (f'{len(ds.y_train):,} training images ('
             + (f'the first {k} of each class' if k else 'all of them')
-            + (f', less {held} per class held out' if held else '') + ')')
+            + (f'; the last {held} of each class held out for validation, not among them'
+               if held else '') + ')')
 
 
 def _add_scores(out, ds, syn, built, arch_keys, recipe, protocol, choices, key) -> None:

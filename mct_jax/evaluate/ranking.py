@@ -43,7 +43,7 @@ from absl import logging
 from mct_jax import checkpoint, data, expert_store, monitor, trajectory
 from mct_jax import labels as label_kinds
 from mct_jax.evaluate import make_evaluator, summarize
-from mct_jax.evaluate.report import Recipe, evaluate_models
+from mct_jax.evaluate.report import Recipe
 
 DDRANKING_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)
 
@@ -204,6 +204,8 @@ def baseline(kind: str, ds, model, lrs, recipe: Recipe, key, ipc: int | None = N
     one_net = make_evaluator(model, **recipe._replace(num_nets=1)._asdict())
     test = ((jax.device_put(data.arrays.materialize(ds.x_test)), jax.device_put(ds.y_test)),)
     per_lr = {lr: [] for lr in lrs}
+    if kind != 'random':   # every network trains on the same images: read them once
+        x, y = jax.device_put(data.arrays.materialize(ds.x_train)), jax.device_put(ds.y_train)
     with monitor.Progress(recipe.num_nets * len(lrs), f'{kind} baseline', unit='net',
                           mode=progress) as bar:
         for i in range(recipe.num_nets):
@@ -213,9 +215,7 @@ def baseline(kind: str, ds, model, lrs, recipe: Recipe, key, ipc: int | None = N
                 x = ds.prepare(x)
                 if labeller is not None:
                     y = labeller(jnp.asarray(x), y)
-            else:
-                x, y = data.arrays.materialize(ds.x_train), ds.y_train
-            x, y = jax.device_put(x), jax.device_put(y)
+                x, y = jax.device_put(x), jax.device_put(y)
             for lr in lrs:
                 acc = float(one_net(k, x, y, jnp.float32(lr), test, prep=ds.preprocessing)[0, 0])
                 per_lr[lr].append(acc)
@@ -228,16 +228,18 @@ def baseline(kind: str, ds, model, lrs, recipe: Recipe, key, ipc: int | None = N
     return out
 
 
-def hard_label_run(name: str, model, syn: dict, ds, lrs, recipe: Recipe, key) -> dict:
+def hard_label_run(model, syn: dict, ds, lrs, recipe: Recipe, key) -> dict:
     """A soft-label set's images trained with their classes (HLR's synthetic accuracy), the
     same networks as the set's own evaluation; with several ``lrs`` each network keeps its
-    best (:func:`best_over_lrs`)."""
-    per_lr = {}
-    for lr in tuple(float(lr) for lr in np.atleast_1d(lrs)):
-        per_lr[lr] = evaluate_models({name: model}, syn['images'], syn['classes'], {name: lr},
-                                     {'test': ds.eval_splits()['test']}, recipe, key,
-                                     prep=ds.preprocessing)[name]['test']['all']
-    accs, best_lr = best_over_lrs({lr: np.asarray(a) / 100 for lr, a in per_lr.items()})
+    best (:func:`best_over_lrs`). One compiled evaluator serves every lr (the lr is traced)."""
+    run = make_evaluator(model, **recipe._asdict())
+    x_test, y_test = ds.eval_splits()['test']
+    test = ((jax.device_put(x_test), jax.device_put(y_test)),)
+    images, classes = jax.device_put(syn['images']), jax.device_put(syn['classes'])
+    per_lr = {lr: np.asarray(run(key, images, classes, jnp.float32(lr), test,
+                                 prep=ds.preprocessing))[:, 0]
+              for lr in tuple(float(lr) for lr in np.atleast_1d(lrs))}
+    accs, best_lr = best_over_lrs(per_lr)
     out = summarize(accs)
     if len(per_lr) > 1:
         out.update(lr=list(per_lr), best_lr=best_lr)
@@ -291,7 +293,7 @@ def score_architectures(results: dict, built: dict, syn: dict, ds, recipe: Recip
             logging.info('%s: training on the set\'s images with hard labels (for HLR)...',
                          name)
             hard = r['hard_labels'] = hard_label_run(
-                name, model, syn, ds, protocol.lr_search if protocol.search_hard_run
+                model, syn, ds, protocol.lr_search if protocol.search_hard_run
                 else r['lr'], set_recipe, jax.random.fold_in(key, 2))
         r['scores'] = dict(scores_per_run(r['test']['all'], r['random']['all'], hard['all'],
                                           r['full']['all'], weight), protocol=protocol.name)
