@@ -37,7 +37,7 @@ META_FILE = 'meta.json'
 # never compared (the same images may live in another folder on another machine).
 LOCATION_KEYS = ('data_source', 'data_dir')
 # Settings added after some folders were written, with the value those folders had.
-CONFIG_DEFAULTS = {'val_images_per_class': 0}
+CONFIG_DEFAULTS = {'val_images_per_class': 0, 'model': 'convnet'}
 
 
 def stored_value(stored: dict, key: str):

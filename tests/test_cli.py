@@ -139,32 +139,52 @@ class TinyNet(nn.Module):
         x = nn.Conv(4, (3, 3))(x)
         x = nn.BatchNorm(use_running_average=not train)(x)
         return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
+
+
+class ThreeOutputs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
 """
 
 
 @pytest.mark.slow
-def test_a_users_flax_module_evaluates_a_set_by_import_path(tmp_path):
-    """--models=package.module:Name: a Flax module defined outside the package evaluates a
-    distilled set beside the built-in ConvNet; a path that does not import is refused before
-    any work, naming it."""
+def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
+    """--model=package.module:Name: a Flax module defined outside the package is the network
+    of the experts and the student (recorded, so distill and evaluate take it from the
+    experts), and evaluates the set beside the built-in ConvNet with --models. A path that
+    does not import, or a module with the wrong number of outputs, is refused before any
+    work, naming it."""
     (tmp_path / 'usernets').mkdir()
     (tmp_path / 'usernets' / '__init__.py').write_text('')
     (tmp_path / 'usernets' / 'nets.py').write_text(USER_NETS)
+    user = dict(PYTHONPATH=str(tmp_path))
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    _run('expert', *TINY, f'--expert_dir={experts}')
-    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    _run('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet', **user)
+    assert json.load(open(os.path.join(experts, 'config.json')))['model'] == \
+        'usernets.nets:TinyNet'
+    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+                *DISTILL_ONLY, **user)
+    assert '--model=usernets.nets:TinyNet' in proc.stderr
+    with np.load(os.path.join(out, 'best.npz')) as z:
+        assert json.loads(str(z['settings']))['model'] == 'usernets.nets:TinyNet'
     args = [f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2',
             f'--report_dir={tmp_path}/report']
-    proc = _run('evaluate', *args, '--models=convnet,usernets.nets:TinyNet',
-                PYTHONPATH=str(tmp_path))
+    proc = _run('evaluate', *args, '--models=convnet,usernets.nets:TinyNet', **user)
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == {'convnet', 'usernets.nets:TinyNet'}
     assert 0 <= results['usernets.nets:TinyNet']['test']['mean'] <= 100
     assert '| usernets.nets:TinyNet |' in open(tmp_path / 'report' / 'cross_architecture.md').read()
-    bad = _run('evaluate', *args, '--models=usernets.nope:TinyNet', check=False,
-               PYTHONPATH=str(tmp_path))
+    bad = _run('evaluate', *args, '--models=usernets.nope:TinyNet', check=False, **user)
     assert bad.returncode != 0 and "cannot import 'usernets.nope'" in bad.stderr
     assert 'Traceback' not in bad.stderr
+    wrong = _run('expert', *TINY, f'--expert_dir={tmp_path}/wrong',
+                 '--model=usernets.nets:ThreeOutputs', check=False, **user)
+    assert wrong.returncode == 2 and 'to (2, 3), not (2, 10)' in wrong.stderr, wrong.stderr
+    assert not os.path.exists(tmp_path / 'wrong')
+    other = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}_c', '--ipc=1',
+                 '--model=convnet', *DISTILL_ONLY, check=False, **user)
+    assert other.returncode == 2 and "model='usernets.nets:TinyNet'" in other.stderr
 
 
 @pytest.mark.slow

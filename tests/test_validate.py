@@ -161,7 +161,54 @@ CASES = [
      '--lr_img_decay_rate=0.0 must lie in (0, 1]'),
     ('evaluate: random ipc above the class size', 'evaluate',
      lambda t: ['--baseline=random', '--ipc=20'], 'larger than the 10 training images'),
+    ('a model that is neither convnet nor a path', 'expert', lambda t: ['--model=resnet18'],
+     'give convnet or a Flax module as package.module:Name'),
+    ('a model path that does not import', 'expert',
+     lambda t: ['--model=no_such_package.nets:Net'], "cannot import 'no_such_package.nets'"),
+    ('a model with the wrong outputs', 'expert',
+     lambda t: [f'--model={_user_module(t)}:ThreeOutputs'], 'to (2, 3), not (2, 10)'),
+    ('a model that is not a Flax module', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e")}', f'--model={_user_module(t)}:NOT_A_MODULE'],
+     'not a flax.linen.Module'),
+    ('experts of another model', 'distill',
+     lambda t: [f'--expert_dir={_experts(t + "/e", model=_user_module(t) + ":Plain")}'],
+     "model='mct_test_nets:Plain' but the flags say 'convnet'"),
+    ('evaluate: an architecture with the wrong outputs', 'evaluate',
+     lambda t: [f'--synthetic={t}', f'--models=convnet,{_user_module(t)}:ThreeOutputs'],
+     '--models: mct_test_nets:ThreeOutputs maps a batch of 2'),
+    ('imported buffers with a module', 'import',
+     lambda t: [f'--model={_user_module(t)}:Plain', f'--import_buffers={t}'],
+     'imported buffers are ConvNets'),
 ]
+
+_NETS = '''
+import flax.linen as nn
+
+NOT_A_MODULE = 3
+
+
+class Plain(nn.Module):
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+class ThreeOutputs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+'''
+
+
+def _user_module(t):
+    """A user's module of Flax networks, importable as ``mct_test_nets``."""
+    with open(os.path.join(t, 'mct_test_nets.py'), 'w') as f:
+        f.write(_NETS)
+    if t not in sys.path:
+        sys.path.insert(0, t)
+    return 'mct_test_nets'
 
 
 def _file(t):
@@ -181,11 +228,9 @@ def _problems(command):
         return validate.distill_command_problems(num_devices=1)
     if command == 'expert':
         return validate.expert_command_problems()
+    if command == 'import':
+        return validate.import_command_problems()
     return validate.evaluate_command_problems()
-
-
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 20
 
 
 @pytest.mark.parametrize('name,command,make,message', CASES, ids=[c[0] for c in CASES])

@@ -47,6 +47,10 @@ flags.DEFINE_integer('val_images_per_class', 0,
                      'accuracy and only reports the test accuracy. 0: no split, best.npz is '
                      'chosen on the test set as in the reference code.')
 flags.DEFINE_boolean('zca', False, 'ZCA-whiten images (fit on training images, eps 0.1).')
+flags.DEFINE_string('model', 'convnet', "The network of the experts and the student: convnet "
+                    '(the ConvNet of --width, --depth and --norm) or a Flax module by import '
+                    'path, package.module:Name (docs/usage.md). Distill and evaluate take it '
+                    'from the experts.')
 flags.DEFINE_integer('width', 128, 'ConvNet channels per block.')
 flags.DEFINE_integer('depth', 3, 'ConvNet blocks (3 for 32 px, 4 for Tiny ImageNet).')
 flags.DEFINE_enum('norm', 'instancenorm', models.NORMS, 'ConvNet normalisation.')
@@ -223,7 +227,7 @@ POOL = 'avgpool'
 # What distillation and evaluation take from the experts' (or the synthetic set's) settings
 # when the command line does not give it.
 INHERITED = ('dataset', 'data_source', 'data_dir', 'train_images_per_class',
-             'val_images_per_class', 'zca', 'width', 'depth', 'norm')
+             'val_images_per_class', 'zca', 'model', 'width', 'depth', 'norm')
 # Data settings added after some folders and sets were written, with their value then.
 DATA_DEFAULTS = expert_store.CONFIG_DEFAULTS
 
@@ -250,7 +254,7 @@ def model_settings(ds: data.Dataset) -> dict:
     """The architecture as a JSON-able dict (stored with experts and synthetic sets;
     :func:`mct_jax.models.from_config` builds it)."""
     return {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
-            'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm, 'act': ACT,
+            'model': FLAGS.model, 'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm, 'act': ACT,
             'pool': POOL}
 
 

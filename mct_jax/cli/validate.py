@@ -13,7 +13,6 @@ from pathlib import Path
 from absl import flags
 
 from mct_jax import checkpoint, data, distill, expert_store, models
-from mct_jax.models import flax_module
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import ranking
 
@@ -85,8 +84,38 @@ def data_problems() -> list[str]:
     return problems
 
 
+def module_problem(path: str, flag: str) -> str | None:
+    """Why the Flax module ``path`` (package.module:Name) cannot be a network of
+    ``--dataset``'s images, or None: it must import, build, and map a batch of them to one
+    logit per class (checked on shapes only, nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+    size, classes = data.IMAGE_SIZE[FLAGS.dataset], data.NUM_CLASSES[FLAGS.dataset]
+    shape = (size, size, data.CHANNELS[FLAGS.dataset])
+    try:
+        model = models.from_module_path(path, shape, classes)
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((2,) + shape,
+                                                                      jnp.float32))
+    except Exception as e:   # noqa: BLE001 -- any failure to build is the user's to fix
+        return f'{flag}: {e}'
+    if getattr(out, 'shape', None) != (2, classes):
+        got = getattr(out, 'shape', type(out).__name__)
+        return (f'{flag}: {path} maps a batch of 2 {shape} images to {got}, not (2, '
+                f'{classes}), one logit per class of {FLAGS.dataset}; give it {classes} '
+                'outputs (a num_classes field is filled in).')
+    return None
+
+
 def model_problems() -> list[str]:
-    """The model flags: sizes positive, not more poolings than the images allow."""
+    """The model flags: a Flax module that fits the data, or ConvNet sizes positive and not
+    more poolings than the images allow."""
+    if FLAGS.model != 'convnet':
+        if ':' not in FLAGS.model:
+            return [f'--model={FLAGS.model}: give convnet or a Flax module as '
+                    'package.module:Name (for the reference architectures, evaluate '
+                    '--models).']
+        return [p for p in [module_problem(FLAGS.model, '--model')] if p]
     problems = []
     if FLAGS.width < 1:
         problems.append(f'--width={FLAGS.width} must be at least 1.')
@@ -101,8 +130,8 @@ def model_problems() -> list[str]:
 
 def _flag_config() -> dict:
     """The data and model settings of an expert folder that the flags alone determine."""
-    return dict(cli_flags.data_settings(), width=FLAGS.width, depth=FLAGS.depth,
-                norm=FLAGS.norm)
+    return dict(cli_flags.data_settings(), model=FLAGS.model, width=FLAGS.width,
+                depth=FLAGS.depth, norm=FLAGS.norm)
 
 
 def stored_config_problems(expert_dir: str, keys) -> list[str]:
@@ -128,6 +157,9 @@ def import_command_problems() -> list[str]:
         problems.append(f'--val_images_per_class={FLAGS.val_images_per_class}: imported experts '
                         'were trained on every training image, so none can be held out; '
                         'import with --val_images_per_class=0.')
+    if FLAGS.model != 'convnet':
+        problems.append(f'--model={FLAGS.model}: imported buffers are ConvNets; leave --model '
+                        'out.')
     return problems
 
 
@@ -225,8 +257,8 @@ def evaluate_command_problems() -> list[str]:
                         '(for a baseline alone use --baseline).')
     for name in FLAGS.models or []:
         try:
-            if ':' in name:     # a Flax module by import path: it must import and build
-                flax_module.from_path(name, data.NUM_CLASSES[FLAGS.dataset])
+            if ':' in name:     # a Flax module by import path: it must import and fit
+                problems += [p for p in [module_problem(name, '--models')] if p]
             else:
                 models.canonical_name(name)
         except ValueError as e:

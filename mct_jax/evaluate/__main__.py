@@ -32,7 +32,7 @@ def _choices(ds) -> procedures.Choices:
                     data_source=FLAGS.data_source or data.DEFAULT_SOURCE[FLAGS.dataset])
     scoring = procedures.Scoring(cli_flags.baseline_cache(), data_key, FLAGS.lr_teacher,
                                  FLAGS.full_data_epochs, FLAGS.seed, FLAGS.lrs_weight)
-    return procedures.Choices(FLAGS.models or ['convnet'], cli_flags.model_settings(ds),
+    return procedures.Choices(FLAGS.models or [FLAGS.model], cli_flags.model_settings(ds),
                               FLAGS.num_eval, FLAGS.eval_epochs, FLAGS.dsa,
                               cli_flags.eval_lrs(), FLAGS.protocol,
                               scoring if FLAGS.report else None, FLAGS.progress)

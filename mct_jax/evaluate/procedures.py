@@ -93,8 +93,9 @@ def one_model(ds, model, images, labels, lr, name, key, *, num_eval, epochs, use
 
 def architectures(ds, syn, choices: Choices, protocol: ranking.Protocol):
     """({name: Model}, {name: lr}, {name: baseline-cache identity}) of ``choices.models``:
-    each lr is ``eval_lrs``' entry, else the set's learned lr; ``convnet`` is the set's own
-    ConvNet (its width, depth and norm; the protocol's width when it fixes one)."""
+    each lr is ``eval_lrs``' entry, else the set's learned lr; ``convnet`` is the ConvNet of
+    the set's width, depth and norm (the protocol's width when it fixes one); a set
+    distilled with a Flax module is evaluated on it by its import path."""
     built, lrs, keys = {}, {}, {}
     width = protocol.convnet_width or choices.model_config['width']
     for raw in choices.models:
@@ -103,7 +104,7 @@ def architectures(ds, syn, choices: Choices, protocol: ranking.Protocol):
         if ':' in name:      # a user's Flax module, package.module:Name
             built[name] = models.from_module_path(name, ds.image_shape, ds.num_classes)
         elif name == 'convnet':
-            config = dict(choices.model_config, width=width)
+            config = dict(choices.model_config, width=width, model='convnet')
             built[name] = models.from_config(config)
             keys[name].update({k: config[k] for k in ('width', 'depth', 'norm')})
         else:

@@ -137,8 +137,13 @@ def _bind(init, apply, input_shape, num_classes) -> Model:
 
 
 def from_config(config: dict) -> Model:
-    """The model an expert folder's or a distilled set's settings describe (the keys
-    ``image_shape``, ``num_classes``, ``width``, ``depth``, ``norm``, ``act``, ``pool``)."""
+    """The model an expert folder's or a distilled set's settings describe: the keys
+    ``image_shape``, ``num_classes`` and ``model``, either ``'convnet'`` (the default, with
+    ``width``, ``depth``, ``norm``, ``act``, ``pool``) or a Flax module's import path
+    (:func:`from_module_path`)."""
+    name = config.get('model', 'convnet')
+    if name != 'convnet':
+        return from_module_path(name, tuple(config['image_shape']), config['num_classes'])
     return convnet(tuple(config['image_shape']), config['num_classes'], config['width'],
                    config['depth'], config['norm'], config.get('act', 'relu'),
                    config.get('pool', 'avgpool'))
