@@ -51,8 +51,7 @@ FULL = dict(width=128, image=32, classes=10, configs=[(10, 30), (50, 30), (1, 50
                              'not without_a_validation and not teacher_labels_and'])
 DRY = dict(width=8, image=16, classes=10, configs=[(1, 2)], repeats=1, matmul=256,
            expert_images=512, eval_epochs=2, eval_ipc=1, nets=2,
-           tests=['tests/test_distill.py'],
-           test_args=['-k', 'finite_differences and stored'])
+           tests=['tests/test_trajectory.py'], test_args=[])
 METHODS = [('forward', False), ('reverse', False), ('tesla', False), ('forward', True),
            ('reverse', True), ('tesla', True)]
 

@@ -15,6 +15,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_ENV = 'MCT_CIFAR10_DIR'
 
 
+def run_command(module, *args, devices=2, check=True, cwd=REPO, timeout=600, **env_vars):
+    """``python -m mct_jax.<module> args`` in a fresh process with ``devices`` fake CPU
+    devices and ``env_vars`` added to the environment (a crash-injection setting of the
+    caller's environment is dropped); the finished ``CompletedProcess``. With ``check``, a
+    non-zero exit fails the test with the end of stderr."""
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    env.pop('MCT_JAX_CRASH_AT', None)
+    env.update(env_vars)
+    proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f'{module} exited with {proc.returncode}:\n'
+                             f'{proc.stderr[-3000:]}')
+    return proc
+
+
+def last_json(proc):
+    """The JSON a command printed last (every entry point ends with one)."""
+    import json
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def real_cifar10():
     """(source, folder) of real CIFAR-10 for `data.load_raw`; skips the test, saying how to
     provide it, when the variable is unset (a folder that holds no dataset is an error)."""

@@ -9,37 +9,47 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, last_json, run_command
 from mct_jax import data
 
 TINY = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth=3',
         '--num_experts=2', '--train_epochs=3', '--batch_train=32', '--save_full_trajectory',
         '--ipc=2', '--syn_steps=3', '--expert_epochs=1', '--max_start_epoch=2',
         '--lr_img=100', '--iterations=4', '--eval_every=2', '--num_eval=2', '--eval_epochs=5']
+DISTILL_ONLY = ['--syn_steps=3', '--expert_epochs=1', '--max_start_epoch=2', '--lr_img=100',
+                '--iterations=2', '--eval_every=2', '--num_eval=1', '--eval_epochs=2']
+ABSL_PREFIX = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
 
 
-def _run(module, *args, check=True, **env_vars):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', **env_vars)
-    proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode:
-        raise AssertionError(f'{module} failed:\n{proc.stderr[-3000:]}')
-    return proc
+@pytest.fixture(scope='module')
+def tiny_experts(tmp_path_factory):
+    """Two TINY experts trained by the command line, shared by the tests that only read
+    them: (folder, the command's finished process)."""
+    experts = str(tmp_path_factory.mktemp('cli') / 'experts')
+    return experts, run_command('expert', *TINY, f'--expert_dir={experts}')
+
+
+@pytest.fixture(scope='module')
+def tiny_set(tiny_experts, tmp_path_factory):
+    """A 1-image-per-class set distilled from :func:`tiny_experts` with only the
+    distillation flags (the rest taken from the experts): (folder, the finished process)."""
+    out = str(tmp_path_factory.mktemp('cli') / 'run')
+    return out, run_command('distill', f'--expert_dir={tiny_experts[0]}', f'--out_dir={out}',
+                            '--ipc=1', *DISTILL_ONLY)
 
 
 @pytest.mark.slow
-def test_pipeline_through_the_command_lines(tmp_path):
-    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    _run('expert', *TINY, f'--expert_dir={experts}')
+def test_pipeline_through_the_command_lines(tmp_path, tiny_experts):
+    experts, out = tiny_experts[0], str(tmp_path / 'run')
     assert sorted(os.listdir(experts)) == ['config.json', 'expert_0000', 'expert_0001',
                                            'tensorboard']
     for name in ('expert.png', 'metrics.jsonl', 'meta.json', 'state', 'full'):
         assert os.path.exists(os.path.join(experts, 'expert_0000', name)), name
     assert not os.path.exists(os.path.join(experts, 'expert_0000', 'progress'))
     for method, samples in (('mct', 1), ('mtt', 2)):
-        proc = _run('distill', *TINY, f'--expert_dir={experts}', f'--out_dir={out}_{method}',
+        proc = run_command('distill', *TINY, f'--expert_dir={experts}', f'--out_dir={out}_{method}',
                     f'--method={method}', f'--num_samples={samples}')
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = last_json(proc)
         assert result['iteration'] == 4
         with np.load(os.path.join(f'{out}_{method}', 'best.npz')) as z:
             assert z['images'].shape == (20, 16, 16, 1) and z['labels'].shape == (20,)
@@ -47,32 +57,26 @@ def test_pipeline_through_the_command_lines(tmp_path):
             assert json.loads(str(z['settings']))['method'] == method
         assert 'distill 4/4' in proc.stderr   # progress lines (no terminal: log mode)
         _check_run_outputs(f'{out}_{method}')
-    proc = _run('evaluate', *TINY, f'--synthetic={out}_mct')
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = run_command('evaluate', *TINY, f'--synthetic={out}_mct')
+    summary = last_json(proc)
     assert 0 <= summary['mean'] <= 100 and len(summary['all']) == 2
     # re-running the expert command trains nothing new
-    proc = _run('expert', *TINY, f'--expert_dir={experts}')
+    proc = run_command('expert', *TINY, f'--expert_dir={experts}')
     assert 'training []' in proc.stderr
 
 
-DISTILL_ONLY = ['--syn_steps=3', '--expert_epochs=1', '--max_start_epoch=2', '--lr_img=100',
-                '--iterations=2', '--eval_every=2', '--num_eval=1', '--eval_epochs=2']
-ABSL_PREFIX = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
-
-
 @pytest.mark.slow
-def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path):
+def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path, tiny_experts,
+                                                                 tiny_set):
     """Experts trained with non-default data and model flags (10 images per class, width 8):
     distill needs only --expert_dir, --out_dir and --ipc (plus its own hyperparameters),
     evaluate only --synthetic; both say what they took. A contradicting --width is refused
     with the difference named, and nothing is written."""
-    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    proc = _run('expert', *TINY, f'--expert_dir={experts}')
-    for lines in (proc.stderr.splitlines(),):   # console lines are about the run
-        assert lines and 'experts' in lines[0], lines[:3]
-        assert not [l for l in lines if 'tpu' in l.lower() or ABSL_PREFIX.match(l)], lines
-    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
-                *DISTILL_ONLY)
+    (experts, proc), (out, distilled) = tiny_experts, tiny_set
+    lines = proc.stderr.splitlines()   # console lines are about the run
+    assert lines and 'experts' in lines[0], lines[:3]
+    assert not [l for l in lines if 'tpu' in l.lower() or ABSL_PREFIX.match(l)], lines
+    proc = distilled
     assert (f'Using --train_images_per_class=10, --width=8 from '
             f'{os.path.join(experts, "config.json")}.') in proc.stderr, proc.stderr[-2000:]
     assert not [l for l in proc.stderr.splitlines() if ABSL_PREFIX.match(l)]
@@ -82,17 +86,18 @@ def test_distill_and_evaluate_take_the_settings_of_the_experts(tmp_path):
     assert (settings['width'], settings['train_images_per_class']) == (8, 10)
     # where the experts and data are, absolute, for commands run from another folder
     assert settings['expert_dir'] == os.path.abspath(experts) and 'data_source' in settings
-    proc = _run('evaluate', f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2')
+    proc = run_command('evaluate', f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2')
     assert f'--width=8 from {out}' in proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])['images'] == 10
-    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}_wide', '--ipc=1',
-                '--width=16', *DISTILL_ONLY, check=False)
+    assert last_json(proc)['images'] == 10
+    wide = str(tmp_path / 'wide')
+    proc = run_command('distill', f'--expert_dir={experts}', f'--out_dir={wide}', '--ipc=1',
+                       '--width=16', *DISTILL_ONLY, check=False)
     assert proc.returncode == 2
     assert f'{experts} holds experts with width=8 but the flags say 16' in proc.stderr
-    assert not os.path.exists(f'{out}_wide')
-    # with --log_prefix, absl's own format
-    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
-                *DISTILL_ONLY, '--log_prefix')
+    assert not os.path.exists(wide)
+    # with --log_prefix, absl's own format (the finished run resumes at its end)
+    proc = run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+                       *DISTILL_ONLY, '--log_prefix')
     assert any(ABSL_PREFIX.match(l) for l in proc.stderr.splitlines())
 
 
@@ -104,26 +109,26 @@ def test_cross_architecture_report_through_the_command_line(tmp_path):
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
     tiny = [a for a in TINY if not a.startswith('--train_images_per_class')]
     data = ['--train_images_per_class=10', '--val_images_per_class=5']
-    _run('expert', *tiny, *data, f'--expert_dir={experts}')
-    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
-    args = [f'--synthetic={out}', '--models=convnet,mlp,lenet', '--report', '--num_eval=2',
+    run_command('expert', *tiny, *data, f'--expert_dir={experts}')
+    run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    args = [f'--synthetic={out}', '--models=convnet,mlp', '--report', '--num_eval=2',
             '--eval_epochs=2', '--full_data_epochs=1', f'--baseline_cache={tmp_path}/cache']
-    first = _run('evaluate', *args)
+    first = run_command('evaluate', *args)
     md = open(os.path.join(out, 'evaluation', 'cross_architecture.md')).read()
-    for arch in ('convnet', 'mlp', 'lenet'):
+    for arch in ('convnet', 'mlp'):
         assert f'| {arch} |' in md
     assert 'selected on: validation' in md and 'IOR' in md
-    results = json.loads(first.stdout.strip().splitlines()[-1])
-    assert set(results) == {'convnet', 'mlp', 'lenet'}
+    results = last_json(first)
+    assert set(results) == {'convnet', 'mlp'}
     for r in results.values():
         assert len(r['test']['all']) == 2 and len(r['validation']['all']) == 2
         assert set(r['scores']) >= {'IOR', 'HLR', 'LRS'}
         assert r['scores']['IOR'] == pytest.approx(r['test']['mean'] - r['random']['mean'])
     assert 'training the random baseline' in first.stderr
     assert os.path.isfile(os.path.join(out, 'evaluation', 'cross_architecture.png'))
-    second = _run('evaluate', *args)
+    second = run_command('evaluate', *args)
     assert 'training the' not in second.stderr and 'baseline from' in second.stderr
-    again = json.loads(second.stdout.strip().splitlines()[-1])
+    again = last_json(second)
     assert again['mlp']['random'] == results['mlp']['random']
 
 
@@ -160,48 +165,46 @@ def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
     (tmp_path / 'usernets' / 'nets.py').write_text(USER_NETS)
     user = dict(PYTHONPATH=str(tmp_path))
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    _run('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet', **user)
+    run_command('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet', **user)
     assert json.load(open(os.path.join(experts, 'config.json')))['model'] == \
         'usernets.nets:TinyNet'
-    proc = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+    proc = run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
                 *DISTILL_ONLY, **user)
     assert '--model=usernets.nets:TinyNet' in proc.stderr
     with np.load(os.path.join(out, 'best.npz')) as z:
         assert json.loads(str(z['settings']))['model'] == 'usernets.nets:TinyNet'
     args = [f'--synthetic={out}', '--num_eval=1', '--eval_epochs=2',
             f'--report_dir={tmp_path}/report']
-    proc = _run('evaluate', *args, '--models=convnet,usernets.nets:TinyNet', **user)
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = run_command('evaluate', *args, '--models=convnet,usernets.nets:TinyNet', **user)
+    results = last_json(proc)
     assert set(results) == {'convnet', 'usernets.nets:TinyNet'}
     assert 0 <= results['usernets.nets:TinyNet']['test']['mean'] <= 100
     assert '| usernets.nets:TinyNet |' in open(tmp_path / 'report' / 'cross_architecture.md').read()
-    bad = _run('evaluate', *args, '--models=usernets.nope:TinyNet', check=False, **user)
+    bad = run_command('evaluate', *args, '--models=usernets.nope:TinyNet', check=False, **user)
     assert bad.returncode != 0 and "cannot import 'usernets.nope'" in bad.stderr
     assert 'Traceback' not in bad.stderr
-    wrong = _run('expert', *TINY, f'--expert_dir={tmp_path}/wrong',
+    wrong = run_command('expert', *TINY, f'--expert_dir={tmp_path}/wrong',
                  '--model=usernets.nets:ThreeOutputs', check=False, **user)
     assert wrong.returncode == 2 and 'to (2, 3), not (2, 10)' in wrong.stderr, wrong.stderr
     assert not os.path.exists(tmp_path / 'wrong')
-    other = _run('distill', f'--expert_dir={experts}', f'--out_dir={out}_c', '--ipc=1',
+    other = run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}_c', '--ipc=1',
                  '--model=convnet', *DISTILL_ONLY, check=False, **user)
     assert other.returncode == 2 and "model='usernets.nets:TinyNet'" in other.stderr
 
 
 @pytest.mark.slow
-def test_report_under_the_ddranking_protocol(tmp_path):
+def test_report_under_the_ddranking_protocol(tmp_path, tiny_set):
     """--protocol=ddranking: the random baseline searches the package's five lrs (each run
     keeps its best), the ConvNet is 128 wide, every score names the protocol, and a run too
     short to reach a checkpoint is refused before any work."""
-    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    _run('expert', *TINY, f'--expert_dir={experts}')
-    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1', *DISTILL_ONLY)
+    out = tiny_set[0]
     cache = tmp_path / 'cache'
     common = [f'--synthetic={out}', '--report', '--protocol=ddranking', '--num_eval=1',
               f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report']
-    short = _run('evaluate', *common, '--eval_epochs=2', check=False)
+    short = run_command('evaluate', *common, '--eval_epochs=2', check=False)
     assert short.returncode != 0 and 'tests every 10 epochs' in short.stderr
-    proc = _run('evaluate', *common, '--eval_epochs=10')
-    r = json.loads(proc.stdout.strip().splitlines()[-1])['convnet']
+    proc = run_command('evaluate', *common, '--eval_epochs=10')
+    r = last_json(proc)['convnet']
     assert r['random']['lr'] == [0.001, 0.005, 0.01, 0.05, 0.1]
     assert len(r['random']['best_lr']) == 1 and r['random']['best_lr'][0] in r['random']['lr']
     assert r['scores']['protocol'] == 'ddranking'
@@ -216,20 +219,19 @@ def test_report_under_the_ddranking_protocol(tmp_path):
 
 
 @pytest.mark.slow
-def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
+def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path, tiny_experts):
     """A set with teacher soft labels, scored: HLR compares the full data with the set's
     images trained on their classes (DD-Ranking's definition), IOR uses the set's own labels,
     each averaged over the runs; an unselected synthetic.npz is said to be unselected, the
     full data is named, and the baseline cache key holds the data source."""
-    experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    _run('expert', *TINY, f'--expert_dir={experts}')
-    _run('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
-         '--labels=teacher', *DISTILL_ONLY)
+    experts, out = tiny_experts[0], str(tmp_path / 'run')
+    run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
+                '--labels=teacher', *DISTILL_ONLY)
     cache = tmp_path / 'cache'
-    proc = _run('evaluate', f'--synthetic={out}/synthetic.npz', '--models=convnet', '--report',
+    proc = run_command('evaluate', f'--synthetic={out}/synthetic.npz', '--models=convnet', '--report',
                 '--num_eval=2', '--eval_epochs=2', '--full_data_epochs=1',
                 f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report')
-    r = json.loads(proc.stdout.strip().splitlines()[-1])['convnet']
+    r = last_json(proc)['convnet']
     hard, sc = r['hard_labels'], r['scores']
     assert len(hard['all']) == 2 and sc['runs'] == 2
     assert sc['HLR'] == pytest.approx(r['full']['mean'] - hard['mean'], abs=1e-6)
@@ -247,7 +249,7 @@ def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path):
     # The random images are labelled as distillation labelled the set: a run whose updates
     # are all skipped keeps its initial images, and re-labelling them gives its labels.
     still = str(tmp_path / 'still')
-    _run('distill', f'--expert_dir={experts}', f'--out_dir={still}', '--ipc=1',
+    run_command('distill', f'--expert_dir={experts}', f'--out_dir={still}', '--ipc=1',
          '--labels=teacher', *DISTILL_ONLY, '--lr_lr=1000')
     from mct_jax import evaluate, models
     from mct_jax.evaluate import ranking
@@ -309,13 +311,13 @@ def _check_run_outputs(run):
     (['--anchors=0,2'], 'must start at 0 and end'),
 ])
 def test_expert_command_reports_bad_input(args, message, tmp_path):
-    proc = _run('expert', *TINY, f'--expert_dir={tmp_path}', *args, check=False)
+    proc = run_command('expert', *TINY, f'--expert_dir={tmp_path}', *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
 
 
 def test_distill_without_experts_says_what_to_run(tmp_path):
-    proc = _run('distill', *TINY, f'--expert_dir={tmp_path}/none', check=False)
+    proc = run_command('distill', *TINY, f'--expert_dir={tmp_path}/none', check=False)
     assert proc.returncode == 2 and 'python -m mct_jax.expert' in proc.stderr
 
 
@@ -347,7 +349,7 @@ def preset_results():
     proc = subprocess.run([sys.executable, '-c', _PRESET_CHECK, *PRESETS], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc)
 
 
 def test_presets_cover_every_dataset_and_ipc():

@@ -6,13 +6,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import run_command
 from mct_jax import checkpoint
 
 FLAGS_ = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth=3',
@@ -23,12 +21,8 @@ FLAGS_ = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--dep
 
 
 def _run(module, *args, crash_at=None):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-    env.pop('MCT_JAX_CRASH_AT', None)
-    if crash_at:
-        env['MCT_JAX_CRASH_AT'] = crash_at
-    proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *FLAGS_, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_command(module, *FLAGS_, *args, devices=1, check=False,
+                       **({'MCT_JAX_CRASH_AT': crash_at} if crash_at else {}))
     if crash_at:
         assert proc.returncode == -signal.SIGKILL, (crash_at, proc.stderr[-2000:])
     else:
@@ -142,10 +136,8 @@ def test_both_checkpoints_damaged_is_a_clear_error(experts, tmp_path):
         for root, _, files in os.walk(os.path.join(run, 'checkpoint' + sfx)):
             for f in files:
                 open(os.path.join(root, f), 'w').close()
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-    proc = subprocess.run([sys.executable, '-m', 'mct_jax.distill', *FLAGS_,
-                           f'--expert_dir={experts}', f'--out_dir={run}'], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_command('distill', *FLAGS_, f'--expert_dir={experts}', f'--out_dir={run}',
+                       devices=1, check=False)
     assert proc.returncode == 2
     assert 'No earlier checkpoint is readable either' in proc.stderr
     assert 'Nothing was overwritten' in proc.stderr and 'Traceback' not in proc.stderr

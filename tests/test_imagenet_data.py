@@ -3,17 +3,14 @@ subsets from an ILSVRC folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) at 128 px
 downsampled ImageNet's npz batches at 64 px, and TFDS's imagenet_resized under mock data.
 Nothing is downloaded."""
 
-import json
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import last_json, run_command
 from mct_jax import data, prepare
 from mct_jax.data import DataError, arrays, catalog, imagenet, store
 
@@ -81,11 +78,9 @@ def test_prepare_command_writes_a_subset_and_the_downsampled_batches(tmp_path):
     the prepared folders hold the images and labels the folder sources read."""
     root = _ilsvrc(tmp_path / 'imagenet', NETTE, extra=(OTHER,))
     out = tmp_path / 'prepared_nette'
-    proc = subprocess.run([sys.executable, '-m', 'mct_jax.prepare', '--dataset=imagenette',
-                           f'--source_path={root}', f'--data_dir={out}'], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])['splits'] == {'train': 20,
+    proc = run_command('prepare', '--dataset=imagenette', f'--source_path={root}',
+                       f'--data_dir={out}', devices=1, timeout=300)
+    assert last_json(proc)['splits'] == {'train': 20,
                                                                           'test': 10}
     prepared = data.load_raw('imagenette', 'prepared', out)
     folder = data.load_raw('imagenette', 'folder', root, cache_dir=tmp_path / 'cache')
@@ -210,26 +205,19 @@ def test_subset_runs_through_the_commands(tmp_path):
     """An ImageNet subset at 128x128 with ConvNetD5, end to end through the real commands,
     from a generated ILSVRC folder (the first command fills the data cache, the next read
     it)."""
-    import json
-    import subprocess
-    import sys
-    from conftest import REPO
     root = _ilsvrc(tmp_path / 'imagenet', NETTE, train_per_class=3)
     common = ['--dataset=imagenette', '--data_source=folder', f'--data_dir={root}',
               f'--data_cache={tmp_path / "cache"}', '--width=8', '--depth=5',
               f'--expert_dir={tmp_path / "experts"}', '--progress=none', '--pictures=false',
               '--tensorboard=false', '--compilation_cache=']
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
     for module, extra in (('expert', ['--num_experts=1', '--train_epochs=2',
                                       '--batch_train=10']),
                           ('distill', ['--ipc=1', '--syn_steps=2', '--expert_epochs=1',
                                        '--max_start_epoch=1', '--iterations=2',
                                        '--eval_every=2', '--num_eval=1', '--eval_epochs=2',
                                        f'--out_dir={tmp_path / "run"}'])):
-        proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *common, *extra],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = run_command(module, *common, *extra, devices=1)
+    result = last_json(proc)
     assert result['iteration'] == 2
     with np.load(tmp_path / 'run' / 'best.npz') as z:
         assert z['images'].shape == (10, 128, 128, 3)

@@ -3,15 +3,13 @@ PyTorch evaluators; and every bad buffer refused with its message, writing nothi
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import last_json, run_command
 from mct_jax import checkpoint, data, expert_store, interop
 from mct_jax.models import conv_net
 
@@ -73,9 +71,7 @@ def write_buffer(path, experts=2, epochs=3, seed=0, clone=True, **kw):
 
 
 def _cli(module, *args):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-    return subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_command(module, *args, devices=1, check=False)
 
 
 def test_imported_expert_gives_pytorchs_logits_and_the_betas_of_its_snapshots(tmp_path):
@@ -137,7 +133,7 @@ def test_distilling_from_imported_experts_through_the_commands(tmp_path):
                     '--max_start_epoch=2', '--lr_img=100', '--iterations=2', '--eval_every=2',
                     '--num_eval=1', '--eval_epochs=2')
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1])['iteration'] == 2
+        assert last_json(proc)['iteration'] == 2
     # and out again, for PyTorch
     proc = _cli('evaluate', f'--synthetic={tmp_path}/mct', f'--export={tmp_path}/export')
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_command
 from mct_jax import checkpoint
 
 TINY = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth=3',
@@ -34,10 +34,7 @@ def _env(devices):
 
 
 def _single(module, *args, devices=4):
-    proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *TINY, *args], cwd=REPO,
-                          env=_env(devices), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_command(module, *TINY, *args, devices=devices)
 
 
 def _multi(module, *args, processes=2, devices=2):
@@ -121,7 +118,6 @@ def test_distillation_across_processes_equals_one_process(runs):
 
 
 def test_partial_multiprocess_flags_are_refused():
-    proc = subprocess.run([sys.executable, '-m', 'mct_jax.expert', *TINY,
-                           '--coordinator_address=localhost:1234'], cwd=REPO, env=_env(1),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_command('expert', *TINY, '--coordinator_address=localhost:1234', devices=1,
+                       check=False, timeout=300)
     assert proc.returncode == 2 and 'needs all of --coordinator_address' in proc.stderr

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import zipfile
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, run_command
 from mct_jax import data, prepare
 from mct_jax.data import DataError, store
 
@@ -118,10 +116,9 @@ def test_a_pickle_that_is_not_plain_data_is_refused(tmp_path):
 
 def test_command_checks_the_release_counts_and_writes_nothing(tmp_path):
     _cifar_tarball(tmp_path / 'small.tar.gz')
-    proc = subprocess.run([sys.executable, '-m', 'mct_jax.prepare', '--dataset=cifar10',
-                           f'--source_path={tmp_path / "small.tar.gz"}',
-                           f'--data_dir={tmp_path / "out"}'], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_command('prepare', '--dataset=cifar10',
+                       f'--source_path={tmp_path / "small.tar.gz"}',
+                       f'--data_dir={tmp_path / "out"}', devices=1, check=False, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'holds 30 training and 4 test images; the cifar10 release has 50000 and 10000' \
         in proc.stderr and 'Traceback' not in proc.stderr
@@ -181,10 +178,7 @@ def test_from_the_official_tarball_to_the_cifar10_local_preset(tmp_path):
                           ('distill', ['--iterations=2', '--eval_every=2', '--num_eval=1',
                                        '--eval_epochs=3', '--syn_steps=2', '--expert_epochs=1',
                                        '--max_start_epoch=1'])):
-        proc = subprocess.run([sys.executable, '-m', f'mct_jax.{module}', f'--flagfile={preset}',
-                               *tiny, *extra], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600, env=dict(os.environ, XLA_FLAGS=''))
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_command(module, f'--flagfile={preset}', *tiny, *extra, cwd=tmp_path, devices=1)
     best = np.load(tmp_path / 'runs' / 'cifar10_local' / 'mct_ipc1' / 'best.npz')
     assert best['images'].shape == (10, 32, 32, 3)
     settings = json.loads(str(best['settings']))

@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 from absl import flags
 
-from conftest import REPO
+from conftest import run_command
 from mct_jax.cli import flags as _defines  # noqa: F401  (defines every flag)
 from mct_jax.cli import validate
 
@@ -265,9 +264,7 @@ def test_devices_must_divide_the_student_batch(parse, tmp_path):
 
 
 def _cli(module, *args):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-    return subprocess.run([sys.executable, '-m', f'mct_jax.{module}', *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_command(module, *args, check=False, timeout=300)
 
 
 def test_command_line_lists_problems_before_loading(tmp_path):
