@@ -11,10 +11,6 @@ NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(REPO, 'experiments'))
                    if f.endswith('.ipynb'))
 
 
-def test_there_are_notebooks():
-    assert {'quickstart.ipynb', 'convexified_trajectory.ipynb'} <= set(NOTEBOOKS)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, tmp_path, monkeypatch):
