@@ -125,6 +125,45 @@ def targets(syn: dict, labels):
     return labels
 
 
+class _Student(NamedTuple):
+    """What every step of one rollout shares: the network, the options and, inside ``pmap``,
+    the device axis with this device's share of a minibatch (``local`` images)."""
+    model: Model
+    options: RolloutOptions
+    axis_name: str | None
+    num_shards: int
+    local: int
+
+    def minibatch(self, images, labels, k_aug, t, step_idx):
+        """This device's share of step t's (augmented) minibatch: the augmentation is drawn
+        for the whole minibatch and then sliced, so it does not depend on the devices."""
+        xb, yb = images[step_idx], labels[step_idx]
+        if self.options.use_dsa:
+            xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
+        if self.num_shards > 1:
+            shard = lax.axis_index(self.axis_name)
+            xb = lax.dynamic_slice_in_dim(xb, shard * self.local, self.local)
+            yb = lax.dynamic_slice_in_dim(yb, shard * self.local, self.local)
+        return xb, yb
+
+    def grad(self, theta, xb, yb, input_grad):
+        """``(grads, grad_x, logits)`` of the student loss, averaged over the devices. The
+        reverse method differentiates through this gradient itself, so it must be
+        autodiff's (of ``apply``); the forward method only takes its forward-mode
+        derivative and uses the model's hand-written gradient where there is one."""
+        loss_grad = self.model.loss_grad
+        if self.options.method == 'reverse' or loss_grad is None:
+            loss_grad = train.autodiff_loss_grad(self.model.apply)
+        grads, grad_x, logits = loss_grad(theta, xb, yb, input_grad)
+        if self.axis_name is not None:
+            grads = lax.pmean(grads, self.axis_name)
+        return grads, grad_x, logits
+
+
+def _sgd(theta, grads, lr):
+    return jax.tree.map(lambda p, g: p - lr * g, theta, grads)
+
+
 def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
             options: RolloutOptions, axis_name: str | None = None, num_shards: int = 1):
     """N student SGD steps ``theta <- theta - lr * grad CE(theta; augmented minibatch)``.
@@ -150,130 +189,122 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
                          f'{METHODS}.')
     images, lr = syn['images'], syn['lr']
     labels = targets(syn, labels)
-    soft = labels.ndim == 2     # float targets: the backward pass also gives their cotangent
-    num_steps, use_dsa = options.num_steps, options.use_dsa
     k_idx, k_aug = jax.random.split(key)
-    idx = step_indices(k_idx, images.shape[0], options.batch_size, num_steps)
-    local = idx.shape[1] // num_shards
-    steps = jnp.arange(num_steps)
-
-    def minibatch(images, labels, k_aug, t, step_idx):
-        """This device's share of step t's (augmented) minibatch."""
-        xb, yb = images[step_idx], labels[step_idx]
-        if use_dsa:
-            xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
-        if num_shards > 1:
-            shard = lax.axis_index(axis_name)
-            xb = lax.dynamic_slice_in_dim(xb, shard * local, local)
-            yb = lax.dynamic_slice_in_dim(yb, shard * local, local)
-        return xb, yb
-
-    def sgd(theta, grads, lr):
-        return jax.tree.map(lambda p, g: p - lr * g, theta, grads)
-
-    # Reverse differentiates through the student gradient itself, so it must be autodiff's
-    # (of apply's im2col convolution); forward only ever takes its forward-mode derivative.
-    loss_grad = model.loss_grad
-    if options.method == 'reverse' or loss_grad is None:
-        loss_grad = train.autodiff_loss_grad(model.apply)
-
-    def student_grad(theta, xb, yb, input_grad):
-        grads, grad_x, logits = loss_grad(theta, xb, yb, input_grad)
-        if axis_name is not None:
-            grads = lax.pmean(grads, axis_name)
-        return grads, grad_x, logits
-
+    idx = step_indices(k_idx, images.shape[0], options.batch_size, options.num_steps)
+    student = _Student(model, options, axis_name, num_shards, idx.shape[1] // num_shards)
     if options.method == 'reverse':
-        def step(theta, inputs):
-            xb, yb = minibatch(images, labels, k_aug, *inputs)
-            return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), None
+        return _reverse(student, theta_start, images, lr, labels, k_aug, idx)
+    return _forward(student, theta_start, images, jnp.asarray(lr, images.dtype), labels,
+                    k_aug, idx)
 
-        if options.remat:
-            step = jax.checkpoint(step)
-        theta, _ = lax.scan(step, theta_start, (steps, idx))
-        return theta
 
-    store, _ = residual_plan(model, theta_start,
-                             jax.ShapeDtypeStruct((local,) + images.shape[1:], images.dtype),
-                             jax.ShapeDtypeStruct((local,) + labels.shape[1:], labels.dtype),
-                             options)
-    if store:
-        grad_and_residuals, hvp = model.stored_hvp
-    exact = options.method == 'forward'
+def _reverse(student: _Student, theta, images, lr, labels, k_aug, idx):
+    """The rollout as a plain ``lax.scan``, for ``jax.grad`` straight through it (each step
+    rematerialised with ``remat``)."""
+    def step(theta, inputs):
+        xb, yb = student.minibatch(images, labels, k_aug, *inputs)
+        return _sgd(theta, student.grad(theta, xb, yb, False)[0], lr), None
+
+    if student.options.remat:
+        step = jax.checkpoint(step)
+    theta, _ = lax.scan(step, theta, (jnp.arange(student.options.num_steps), idx))
+    return theta
+
+
+def _forward(student: _Student, theta_start, images, lr, labels, k_aug, idx):
+    """The rollout with the custom VJP of the forward and tesla methods: the steps keep
+    what the backward pass needs (:func:`_steps`), which walks them in reverse
+    (:func:`_transpose`)."""
+    store, _ = residual_plan(
+        student.model, theta_start,
+        jax.ShapeDtypeStruct((student.local,) + images.shape[1:], images.dtype),
+        jax.ShapeDtypeStruct((student.local,) + labels.shape[1:], labels.dtype),
+        student.options)
 
     # Everything the rollout depends on is an argument or made inside (nothing traced is
     # closed over), so that it composes with vmap, pmap and a jit around it.
-    def run_steps(theta, images, lr, labels, k_aug, idx):
-        steps = jnp.arange(num_steps)
-
-        def step(theta, inputs):
-            xb, yb = minibatch(images, labels, k_aug, *inputs)
-            if store:
-                grads, _, res = grad_and_residuals(theta, xb, yb)
-                if axis_name is not None:
-                    grads = lax.pmean(grads, axis_name)
-                return sgd(theta, grads, lr), (theta, grads, res)
-            return sgd(theta, student_grad(theta, xb, yb, False)[0], lr), theta
-        return lax.scan(step, theta, (steps, idx))
-
     @jax.custom_vjp
     def run(theta, images, lr, labels, k_aug, idx):
-        return run_steps(theta, images, lr, labels, k_aug, idx)[0]
+        return _steps(student, store, theta, images, lr, labels, k_aug, idx)[0]
 
     def run_fwd(theta, images, lr, labels, k_aug, idx):
-        theta_n, thetas = run_steps(theta, images, lr, labels, k_aug, idx)
-        return theta_n, (thetas, images, lr, labels, k_aug, idx)
+        theta_n, saved = _steps(student, store, theta, images, lr, labels, k_aug, idx)
+        return theta_n, (saved, images, lr, labels, k_aug, idx)
 
-    def run_bwd(residuals, ct):
-        # Step t maps theta_t to theta_t - lr g_t(theta_t, x_t, y_t) with x_t the augmented
-        # batch drawn from the images and y_t its targets. Its transpose, for the cotangent v
-        # of theta_{t+1}:
-        #   theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>;
-        #   soft targets: lr (J_t v) / B,
-        # where H_tt v and H_xt v (the Hessian of the student loss applied to v, in its
-        # theta and x rows) and the logits' tangent J_t v are the forward-mode derivative of
-        # the student gradient along v (jax.jvp, or the hand-written ``hvp`` from the step's
-        # stored residuals), A_t^T pulls a batch gradient back through the augmentation and
-        # the indexing, and g = J^T (softmax - y) / B gives the targets' row. The tesla
-        # method keeps v at the last step's cotangent instead of moving it (see module).
-        thetas, images, lr, labels, k_aug, idx = residuals
-        steps = jnp.arange(num_steps)
+    run.defvjp(run_fwd, lambda residuals, ct: _transpose(student, store, residuals, ct))
+    return run(theta_start, images, lr, labels, k_aug, idx)
 
-        def step(carry, inputs):
-            v, ct_images, ct_lr, ct_labels = carry
-            saved, t, step_idx = inputs
-            if soft:
-                (xb, yb), pull_xy = jax.vjp(
-                    lambda im, y: minibatch(im, y, k_aug, t, step_idx), images, labels)
-                pull_back = lambda ct_x, ct_y: pull_xy((ct_x, ct_y))
-            else:
-                xb, pull_x, yb = jax.vjp(
-                    lambda im: minibatch(im, labels, k_aug, t, step_idx), images, has_aux=True)
-                pull_back = lambda ct_x, _: pull_x(ct_x) + (None,)
-            if store:
-                theta, g, res = saved
-                hv, hv_x, logits_t = hvp(theta, res, xb, yb, v, True, logits_tangent=True)
-                if axis_name is not None:
-                    hv = lax.pmean(hv, axis_name)
-            else:
-                (g, _, _), (hv, hv_x, logits_t) = jax.jvp(
-                    lambda p: student_grad(p, xb, yb, True), (saved,), (v,))
-            ct_x, ct_y = pull_back(-lr * hv_x, lr * logits_t / xb.shape[0]
-                                   if soft else None)
-            ct_images = ct_images + ct_x
-            if soft:
-                ct_labels = ct_labels + ct_y
-            ct_lr = ct_lr - tree_vdot(g, v).astype(ct_lr.dtype)
-            return (sgd(v, hv, lr) if exact else v, ct_images, ct_lr, ct_labels), None
 
-        init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr),
-                jnp.zeros_like(labels) if soft else None)
-        (v, ct_images, ct_lr, ct_labels), _ = lax.scan(step, init, (thetas, steps, idx),
-                                                       reverse=True)
-        return v, ct_images, ct_lr, ct_labels, None, None
+def _steps(student: _Student, store: bool, theta, images, lr, labels, k_aug, idx):
+    """``(theta_N, saved)``: the N steps, each saving its start parameters, or with
+    ``store`` its start parameters, gradient and the model's residuals for its
+    Hessian-vector product."""
+    def step(theta, inputs):
+        xb, yb = student.minibatch(images, labels, k_aug, *inputs)
+        if store:
+            grads, _, res = student.model.stored_hvp[0](theta, xb, yb)
+            if student.axis_name is not None:
+                grads = lax.pmean(grads, student.axis_name)
+            return _sgd(theta, grads, lr), (theta, grads, res)
+        return _sgd(theta, student.grad(theta, xb, yb, False)[0], lr), theta
+    return lax.scan(step, theta, (jnp.arange(student.options.num_steps), idx))
 
-    run.defvjp(run_fwd, run_bwd)
-    return run(theta_start, images, jnp.asarray(lr, images.dtype), labels, k_aug, idx)
+
+def _transpose(student: _Student, store: bool, residuals, ct):
+    """The backward pass of :func:`_forward` for the cotangent ``ct`` of theta_N.
+
+    Step t maps theta_t to theta_t - lr g_t(theta_t, x_t, y_t) with x_t the augmented batch
+    drawn from the images and y_t its targets. Its transpose, for the cotangent v of
+    theta_{t+1}:
+
+        theta_t: v - lr H_tt v;   images: -lr A_t^T H_xt v;   lr: -<g_t, v>;
+        soft targets: lr (J_t v) / B,
+
+    where H_tt v and H_xt v (the Hessian of the student loss applied to v, in its theta and
+    x rows) and the logits' tangent J_t v are the forward-mode derivative of the student
+    gradient along v (``jax.jvp``, or the model's hand-written ``hvp`` from the step's
+    stored residuals), A_t^T pulls a batch gradient back through the augmentation and the
+    indexing, and g = J^T (softmax - y) / B gives the targets' row. The tesla method keeps v
+    at the last step's cotangent instead of moving it (see the module docstring).
+    """
+    saved, images, lr, labels, k_aug, idx = residuals
+    soft = labels.ndim == 2     # float targets: their cotangent is returned too
+    exact = student.options.method == 'forward'
+
+    def step(carry, inputs):
+        v, ct_images, ct_lr, ct_labels = carry
+        saved_t, t, step_idx = inputs
+        if soft:
+            (xb, yb), pull_xy = jax.vjp(
+                lambda im, y: student.minibatch(im, y, k_aug, t, step_idx), images, labels)
+            pull_back = lambda ct_x, ct_y: pull_xy((ct_x, ct_y))
+        else:
+            xb, pull_x, yb = jax.vjp(
+                lambda im: student.minibatch(im, labels, k_aug, t, step_idx), images,
+                has_aux=True)
+            pull_back = lambda ct_x, _: pull_x(ct_x) + (None,)
+        if store:
+            theta, g, res = saved_t
+            hv, hv_x, logits_t = student.model.stored_hvp[1](theta, res, xb, yb, v, True,
+                                                             logits_tangent=True)
+            if student.axis_name is not None:
+                hv = lax.pmean(hv, student.axis_name)
+        else:
+            (g, _, _), (hv, hv_x, logits_t) = jax.jvp(
+                lambda p: student.grad(p, xb, yb, True), (saved_t,), (v,))
+        ct_x, ct_y = pull_back(-lr * hv_x, lr * logits_t / xb.shape[0] if soft else None)
+        ct_images = ct_images + ct_x
+        if soft:
+            ct_labels = ct_labels + ct_y
+        ct_lr = ct_lr - tree_vdot(g, v).astype(ct_lr.dtype)
+        return (_sgd(v, hv, lr) if exact else v, ct_images, ct_lr, ct_labels), None
+
+    init = (ct, jnp.zeros_like(images), jnp.zeros_like(lr),
+            jnp.zeros_like(labels) if soft else None)
+    steps = jnp.arange(student.options.num_steps)
+    (v, ct_images, ct_lr, ct_labels), _ = lax.scan(step, init, (saved, steps, idx),
+                                                   reverse=True)
+    return v, ct_images, ct_lr, ct_labels, None, None
 
 
 def meta_loss(syn: dict, labels, theta_start: PyTree, theta_target: PyTree, key,

@@ -96,3 +96,16 @@ def test_importing_the_library_defines_no_flag():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'mct_jax' not in proc.stdout, proc.stdout
+
+
+def test_named_random_streams_are_distinct():
+    """Each named stream folds a different integer into the seed's key, so no two parts of
+    a run draw the same numbers through them."""
+    import jax
+
+    from mct_jax import keys
+    assert len(set(keys.STREAMS.values())) == len(keys.STREAMS)
+    k = jax.random.key(0)
+    drawn = {name: int(jax.random.randint(keys.stream(k, name), (), 0, 2**30))
+             for name in keys.STREAMS}
+    assert len(set(drawn.values())) == len(drawn)

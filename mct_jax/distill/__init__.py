@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mct_jax import checkpoint, data, evaluate, host, monitor, parallel, rollout, trajectory
+from mct_jax import checkpoint, data, evaluate, host, keys, monitor, parallel, rollout, trajectory
 from mct_jax import labels as soft_labels
 from mct_jax.run_folder import RunFolder
 
@@ -410,7 +410,7 @@ class Distiller:
         learned lr, and the labels: [n] classes (hard, and the classes of learned labels,
         whose logits are ``syn['label_logits']``) or [n, K] teacher probabilities."""
         s, ds = self.s, self.ds
-        key = jax.random.fold_in(self.key, 10**9)
+        key = keys.stream(self.key, 'distill/initial_images')
         init = s.image_init or ('correct' if s.labels == 'learned' else 'real')
         if init == 'real':
             images, labels = init_synthetic(key, ds, s.ipc)
@@ -451,7 +451,7 @@ class Distiller:
     def _meta_grad_args(self, syn, labels, iteration: int):
         """The meta-gradient's arguments at ``iteration`` and the (expert, start) samples."""
         s = self.s
-        starts, targets, keys, samples = [], [], [], []
+        starts, targets, rollout_keys, samples = [], [], [], []
         key = jax.random.fold_in(self.key, iteration)
         for j in range(s.num_samples):
             low, high = start_window(s, iteration)
@@ -460,10 +460,10 @@ class Distiller:
             traj = self.trajs[e]
             starts.append(self.point(traj, c))
             targets.append(self.point(traj, min(c + s.expert_epochs, traj.num_epochs)))
-            keys.append(key if j == 0 else jax.random.fold_in(key, j))
+            rollout_keys.append(key if j == 0 else jax.random.fold_in(key, j))
             samples.append((e, c))
         stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-        return (syn, labels, stack(starts), stack(targets), jnp.stack(keys)), samples
+        return (syn, labels, stack(starts), stack(targets), jnp.stack(rollout_keys)), samples
 
     def trace_ahead(self, syn, labels, iteration: int):
         """Traces the meta-gradient for ``iteration`` on a background thread, so that the
@@ -493,7 +493,8 @@ class Distiller:
         names = list(self.eval_sets)
         with monitor.Progress(self.s.num_eval, f'evaluate it {iteration}', unit='net',
                               mode=self.progress, leave=False) as bar:
-            acc = self.evaluator(jax.random.fold_in(jax.random.fold_in(self.key, 7), iteration),
+            acc = self.evaluator(jax.random.fold_in(keys.stream(self.key, 'distill/evaluation'),
+                                                    iteration),
                                  syn['images'], rollout.targets(syn, labels), syn['lr'],
                                  tuple(self.eval_sets.values()),
                                  on_network=lambda i, a: (bar.update(acc=100 * a[0]),

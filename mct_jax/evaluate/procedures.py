@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mct_jax import data, interop, models, monitor
+from mct_jax import data, interop, keys, models, monitor
 from mct_jax.evaluate import make_evaluator, ranking, report, summarize
 
 
@@ -62,10 +62,11 @@ def export(syn: dict, ds, path: str, folder: str, names: str) -> dict:
 
 def baseline_set(ds, kind: str, ipc: int, lr: float, key):
     """(images, labels, lr, name) of a real-data baseline: ``random``, ``ipc`` random
-    training images of each class (drawn from ``fold_in(key, 1)``), or ``full``, every
+    training images of each class (drawn from the ``evaluate/random_subset`` stream,
+    :mod:`mct_jax.keys`), or ``full``, every
     training image."""
     if kind == 'random':
-        images, labels = data.random_per_class(jax.random.fold_in(key, 1), ds.x_train,
+        images, labels = data.random_per_class(keys.stream(key, 'evaluate/random_subset'), ds.x_train,
                                                ds.y_train, ds.num_classes, ipc)
         return ds.prepare(images), labels, lr, f'random real, ipc {ipc}'
     return data.arrays.materialize(ds.x_train), ds.y_train, lr, 'full training set'
@@ -78,7 +79,7 @@ def one_model(ds, model, images, labels, lr, name, key, *, num_eval, epochs, use
     sets = tuple((jax.device_put(x), jax.device_put(y)) for x, y in ds.eval_splits().values())
     evaluator = make_evaluator(model, num_eval, epochs, use_dsa=use_dsa)
     with monitor.Progress(num_eval, 'evaluate', unit='net', mode=progress) as bar:
-        acc = evaluator(jax.random.fold_in(key, 2), jax.device_put(images),
+        acc = evaluator(keys.stream(key, 'evaluate/networks'), jax.device_put(images),
                         jax.device_put(labels), jnp.float32(lr), sets,
                         on_network=lambda i, a: bar.update(acc=round(100 * a[0], 2)),
                         prep=ds.preprocessing)
@@ -135,7 +136,7 @@ def cross_architecture(ds, syn, path: str, choices: Choices, key) -> dict:
     with monitor.Progress(total, 'architectures', unit='net', mode=choices.progress) as bar:
         results = report.evaluate_models(
             built, syn['images'], syn['labels'], lrs, ds.eval_splits(), recipe,
-            jax.random.fold_in(key, 2),
+            keys.stream(key, 'evaluate/networks'),
             on_network=lambda name, i, a: bar.update(model=name, acc=round(100 * a['test'], 2)),
             prep=ds.preprocessing)
     for name, r in results.items():

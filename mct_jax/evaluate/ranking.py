@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mct_jax import checkpoint, data, expert_store, monitor, trajectory
+from mct_jax import checkpoint, data, expert_store, keys, monitor, trajectory
 from mct_jax import labels as label_kinds
 from mct_jax.evaluate import make_evaluator, summarize
 from mct_jax.evaluate.report import Recipe
@@ -209,7 +209,7 @@ def baseline(kind: str, ds, model, lrs, recipe: Recipe, key, ipc: int | None = N
     with monitor.Progress(recipe.num_nets * len(lrs), f'{kind} baseline', unit='net',
                           mode=progress) as bar:
         for i in range(recipe.num_nets):
-            k = jax.random.fold_in(jax.random.fold_in(key, 3), i)
+            k = jax.random.fold_in(keys.stream(key, 'evaluate/baselines'), i)
             if kind == 'random':
                 x, y = data.random_per_class(k, ds.x_train, ds.y_train, ds.num_classes, ipc)
                 x = ds.prepare(x)
@@ -294,7 +294,7 @@ def score_architectures(results: dict, built: dict, syn: dict, ds, recipe: Recip
                          name)
             hard = r['hard_labels'] = hard_label_run(
                 model, syn, ds, protocol.lr_search if protocol.search_hard_run
-                else r['lr'], set_recipe, jax.random.fold_in(key, 2))
+                else r['lr'], set_recipe, keys.stream(key, 'evaluate/networks'))
         r['scores'] = dict(scores_per_run(r['test']['all'], r['random']['all'], hard['all'],
                                           r['full']['all'], weight), protocol=protocol.name)
         sc = r['scores']
