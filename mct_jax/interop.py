@@ -36,7 +36,6 @@ import os
 import re
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from mct_jax import checkpoint, data, expert_store, trajectory
@@ -309,20 +308,12 @@ def trajectory_run(snapshots: list, anchor_epochs, smooth_anchors: bool,
     MCT authors do when asked) and, with ``keep_snapshots``, the full trajectory."""
     k = len(snapshots) - 1
     epochs = trajectory.check_anchor_epochs(anchor_epochs, k)
-    leaves = [[np.asarray(a, np.float64) for a in jax.tree.leaves(s)] for s in snapshots]
-    norms = np.array([[np.sqrt(np.sum(np.square(a - b))) for a, b in zip(leaves[t],
-                                                                         leaves[t - 1])]
-                      for t in range(1, k + 1)], np.float32)
-    mean = lambda a, b: jax.tree.map(lambda x, y: (x + y) / 2, a, b)
     anchors = []
     for a in epochs:
-        if smooth_anchors and a == k:
-            anchors.append(mean(snapshots[k - 1], snapshots[k]))
-        elif smooth_anchors and 0 < a < k:
-            anchors.append(mean(snapshots[a - 1], snapshots[a + 1]))
-        else:
-            anchors.append(snapshots[a])
-    return ExpertRun(anchors, epochs, norms, list(snapshots) if keep_snapshots else None,
+        sources = trajectory.smoothing_sources(a, k) if smooth_anchors else None
+        anchors.append(trajectory.tree_mean(*(snapshots[e] for e in sources)) if sources
+                       else snapshots[a])
+    return ExpertRun(anchors, epochs, trajectory.step_norms(snapshots), list(snapshots) if keep_snapshots else None,
                      [], [])
 
 

@@ -64,6 +64,29 @@ def leaf_norms(a: PyTree, b: PyTree):
                       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
 
 
+def step_norms(snapshots) -> np.ndarray:
+    """[K, L] float32 table of ``d_l(t) = ||theta_l(t) - theta_l(t - 1)||`` (eq. 9) from a
+    trajectory's K + 1 snapshots, computed in float64 NumPy (how imported trajectories get
+    their step norms; a trained expert adds :func:`leaf_norms` epoch by epoch)."""
+    leaves = [[np.asarray(a, np.float64) for a in jax.tree.leaves(s)] for s in snapshots]
+    return np.array([[np.sqrt(np.sum(np.square(a - b))) for a, b in zip(now, before)]
+                     for before, now in zip(leaves[:-1], leaves[1:])], np.float32)
+
+
+def smoothing_sources(anchor: int, num_epochs: int) -> tuple[int, int] | None:
+    """The MCT authors' anchor smoothing: the two epochs whose mean replaces ``anchor`` --
+    (a - 1, a + 1) for an interior anchor, (K - 1, K) for the last -- or None for epoch 0,
+    which stays as it is."""
+    if anchor == num_epochs:
+        return num_epochs - 1, num_epochs
+    return (anchor - 1, anchor + 1) if anchor > 0 else None
+
+
+def tree_mean(a: PyTree, b: PyTree) -> PyTree:
+    """``(a + b) / 2`` leaf by leaf, as NumPy arrays (a smoothed anchor)."""
+    return jax.tree.map(lambda x, y: (np.asarray(x) + np.asarray(y)) / 2, a, b)
+
+
 def lerp(theta0: PyTree, theta1: PyTree, beta) -> PyTree:
     """Per-leaf linear interpolation, eq. (8): ``(1 - beta_l) theta0_l + beta_l theta1_l``.
 

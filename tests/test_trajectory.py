@@ -1,5 +1,7 @@
 """Trajectory math against independent float64 NumPy computations."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +127,19 @@ def test_ablation_betas():
 def test_bad_anchors(anchors):
     with pytest.raises(ValueError, match='Anchors'):
         tj.betas_from_step_norms(np.ones((8, 2)), anchors)
+
+
+def test_step_norms_and_smoothing_of_a_trajectory():
+    """step_norms against a float64 loop over the leaves; smoothing_sources as the MCT
+    authors' rule (interior a: a - 1 and a + 1; the last: K - 1 and K; epoch 0 kept)."""
+    rng = np.random.default_rng(0)
+    snaps = [{'w': rng.normal(size=(3, 2)).astype(np.float32),
+              'b': rng.normal(size=(4,)).astype(np.float32)} for _ in range(4)]
+    want = [[math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in
+                           zip(np.ravel(snaps[t][name]), np.ravel(snaps[t - 1][name]))))
+             for name in ('b', 'w')] for t in range(1, 4)]   # leaves in key order
+    np.testing.assert_allclose(tj.step_norms(snaps), want, rtol=1e-6)
+    assert [tj.smoothing_sources(a, 3) for a in (0, 1, 2, 3)] == [
+        None, (0, 2), (1, 3), (2, 3)]
+    mean = tj.tree_mean(snaps[0], snaps[2])
+    np.testing.assert_array_equal(mean['w'], (snaps[0]['w'] + snaps[2]['w']) / 2)

@@ -292,15 +292,13 @@ def train_expert(model, real: RealData, key, num_epochs: int, anchor_epochs: Seq
         norms.append(np.asarray(step_norm))
         train_acc.append(float(correct) / len(real.y_train))
         test_acc.append(test(params))
-        if smooth_anchors:
+        if smooth_anchors:   # trajectory.smoothing_sources, as the epochs pass
             if t + 1 in anchor_epochs[1:-1]:
                 before_anchor[t + 1] = _to_numpy(params)
             if t - 1 in before_anchor:
-                anchors[t - 1] = jax.tree.map(lambda a, b: (a + np.asarray(b)) / 2,
-                                              before_anchor.pop(t - 1), params)
+                anchors[t - 1] = trajectory.tree_mean(before_anchor.pop(t - 1), params)
             if t == num_epochs:
-                anchors[t] = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
-                                          prev, params)
+                anchors[t] = trajectory.tree_mean(prev, params)
         elif t in anchor_epochs:
             anchors[t] = _to_numpy(params)
         if in_memory is not None:
