@@ -27,12 +27,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]   # this checkout's mct_jax, installed or not
+from experiment_tools import cifar10_flags, curve_summary, log  # noqa: E402
+from experiment_tools import run_command as _run  # noqa: E402
 PRESET = os.path.join(HERE, 'cifar10_local.cfg')
 
 # name -> (method, start sampling)
@@ -64,40 +66,6 @@ SCALES = {
 }
 
 
-def log(msg: str) -> None:
-    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
-
-
-def _run(args: list[str], log_path: str) -> str:
-    """Runs a command from the repository root; its output goes to ``log_path``.
-
-    Returns the last line of standard output; raises with the log's tail on failure.
-    """
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, 'w') as f:
-        proc = subprocess.run([sys.executable] + args, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=f, text=True)
-        f.write(proc.stdout)
-    if proc.returncode:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f'{" ".join(args[:3])} failed (exit {proc.returncode}); see '
-                           f'{log_path}:\n{tail}')
-    lines = proc.stdout.strip().splitlines()
-    return lines[-1] if lines else ''
-
-
-def data_location(data_dir: str) -> list[str]:
-    """--data_source and --data_dir of real CIFAR-10 in ``data_dir``; exits naming the fix
-    if it holds none."""
-    from mct_jax.data import DataError, store
-    folder = os.path.abspath(data_dir)
-    try:
-        return [f'--data_source={store.source_of(folder)}', f'--data_dir={folder}']
-    except DataError as e:
-        sys.exit(f'error: real CIFAR-10 is needed (--data_dir or $MCT_CIFAR10_DIR): {e}')
-
-
 def _data_flags(scale: dict, work: str) -> list[str]:
     return [f'--flagfile={PRESET}', *scale['location'],
             f'--expert_dir={os.path.join(work, "experts")}',
@@ -123,23 +91,6 @@ def stage_experts(scale, work):
             'mct_bytes_per_expert': statistics.mean(mct),
             'mtt_bytes_per_expert': statistics.mean(full),
             'ratio': statistics.mean(mct) / statistics.mean(full)}
-
-
-def curve_summary(iterations, means, window: float = 2.0) -> dict:
-    """Best accuracy, convergence iteration and the spread after it.
-
-    The convergence iteration is the first evaluated iteration from which every later
-    evaluation is within ``window`` points of the run's best.
-    """
-    best = max(means)
-    k = len(means) - 1
-    while k > 0 and means[k - 1] >= best - window:
-        k -= 1
-    after = means[k:]
-    return {'best': best, 'best_iteration': iterations[means.index(best)],
-            'converged_at': iterations[k], 'spread_std': statistics.pstdev(after),
-            'spread_range': max(after) - min(after), 'evals_after': len(after),
-            'final': means[-1]}
 
 
 def stage_distill(scale, work, ipc, name):
@@ -449,7 +400,7 @@ def main():
     p.add_argument('--out', default=os.path.join(HERE, 'results'))
     p.add_argument('--child_timing', nargs=2, type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    scale = dict(SCALES[a.scale], name=a.scale, location=data_location(a.data_dir))
+    scale = dict(SCALES[a.scale], name=a.scale, location=cifar10_flags(a.data_dir))
     work = os.path.abspath(a.work)
     if a.child_timing:
         return child_timing(scale, work, *a.child_timing)

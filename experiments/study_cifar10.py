@@ -32,7 +32,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PRESET = os.path.join(HERE, 'cifar10_local.cfg')
 sys.path[:0] = [REPO, HERE]   # this checkout's mct_jax, installed or not
-from reproduce_cifar10 import curve_summary  # noqa: E402  (the same convergence measure)
+from experiment_tools import cifar10_flags, curve_summary, log, run_command  # noqa: E402
 
 # name: (ipc, extra flags, expert folder: 'plain' or 'smoothed', label)
 ARMS = {
@@ -141,26 +140,6 @@ def cut_text(scale: dict, plan: dict) -> str:
             f"another --out.")
 
 
-def log(msg: str) -> None:
-    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
-
-
-def _cmd(module: str, args: list[str], log_path: str) -> str:
-    """Runs ``python -m module args`` from the repository root; returns its last stdout
-    line; raises with the log's tail on failure."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, 'w') as f:
-        proc = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(proc.stdout)
-    if proc.returncode:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f'{module} failed (exit {proc.returncode}); see {log_path}:\n{tail}')
-    lines = proc.stdout.strip().splitlines()
-    return lines[-1] if lines else ''
-
-
 # Where real CIFAR-10 is (--data_source, --data_dir), set from --data_dir. It says where the
 # data is read from, not what is run, so the run files' commands leave it out.
 DATA_LOCATION: list[str] = []
@@ -173,13 +152,7 @@ def _data(scale) -> list[str]:
 def set_data_location(data_dir: str) -> None:
     """Points every command at real CIFAR-10 in ``data_dir``; exits naming the fix if it
     holds none."""
-    from mct_jax.data import DataError, store
-    folder = os.path.abspath(data_dir)
-    try:
-        source = store.source_of(folder)
-    except DataError as e:
-        sys.exit(f'error: real CIFAR-10 is needed (--data_dir or $MCT_CIFAR10_DIR): {e}')
-    DATA_LOCATION[:] = [f'--data_source={source}', f'--data_dir={folder}']
+    DATA_LOCATION[:] = cifar10_flags(data_dir)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -188,11 +161,9 @@ def stage_experts(scale, work) -> dict:
     """10 experts with full trajectories, and the same experts with smoothed anchors."""
     plain, smoothed = os.path.join(work, 'experts'), os.path.join(work, 'experts_smoothed')
     t0 = time.time()
-    _cmd('mct_jax.expert', _data(scale) + [f'--expert_dir={plain}',
-                                           f'--num_experts={scale["experts"]}',
-                                           f'--train_epochs={scale["epochs"]}',
-                                           '--save_full_trajectory'],
-         os.path.join(work, 'logs', 'experts.log'))
+    run_command(['-m', 'mct_jax.expert', *_data(scale), f'--expert_dir={plain}',
+                 f'--num_experts={scale["experts"]}', f'--train_epochs={scale["epochs"]}',
+                 '--save_full_trajectory'], os.path.join(work, 'logs', 'experts.log'))
     from mct_jax import checkpoint, expert_store, interop
     folders = expert_store.list_experts(plain)
     config = dict(expert_store.read_config(plain),
@@ -251,7 +222,8 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
         return done
     log(f'{run_name(arm, seed)}: distilling')
     t0 = time.time()
-    _cmd('mct_jax.distill', args, os.path.join(work, 'logs', f'{run_name(arm, seed)}.log'))
+    run_command(['-m', 'mct_jax.distill', *args],
+                os.path.join(work, 'logs', f'{run_name(arm, seed)}.log'))
     wall = time.time() - t0
     from mct_jax import monitor
     evals, steps = monitor.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
@@ -300,14 +272,15 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
             synthetic = os.path.join(work, 'runs', best['name'])
             t0 = time.time()
             log(f'{arm}: cross-architecture evaluation of {best["name"]}')
-            cross = json.loads(_cmd('mct_jax.evaluate',
-                                    [f'--synthetic={synthetic}', *scale['cross'],
-                                     f'--report_dir={work}/cross/{arm}', '--progress=log'],
-                                    os.path.join(work, 'logs', f'cross_{arm}.log')))
-            scores = json.loads(_cmd('mct_jax.evaluate', [f'--synthetic={synthetic}',
-                                     *scale['scores'], f'--report_dir={work}/scores/{arm}',
-                                     f'--baseline_cache={work}/baselines', '--progress=log'],
-                                     os.path.join(work, 'logs', f'scores_{arm}.log')))
+            cross = json.loads(run_command(
+                ['-m', 'mct_jax.evaluate', f'--synthetic={synthetic}', *scale['cross'],
+                 f'--report_dir={work}/cross/{arm}', '--progress=log'],
+                os.path.join(work, 'logs', f'cross_{arm}.log')))
+            scores = json.loads(run_command(
+                ['-m', 'mct_jax.evaluate', f'--synthetic={synthetic}', *scale['scores'],
+                 f'--report_dir={work}/scores/{arm}', f'--baseline_cache={work}/baselines',
+                 '--progress=log'],
+                os.path.join(work, 'logs', f'scores_{arm}.log')))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, 'w') as f:
                 json.dump({'arm': arm, 'set': best['name'], 'architectures': cross,

@@ -313,8 +313,8 @@ def trajectory_run(snapshots: list, anchor_epochs, smooth_anchors: bool,
         sources = trajectory.smoothing_sources(a, k) if smooth_anchors else None
         anchors.append(trajectory.tree_mean(*(snapshots[e] for e in sources)) if sources
                        else snapshots[a])
-    return ExpertRun(anchors, epochs, trajectory.step_norms(snapshots), list(snapshots) if keep_snapshots else None,
-                     [], [])
+    return ExpertRun(anchors, epochs, trajectory.step_norms(snapshots),
+                     list(snapshots) if keep_snapshots else None, [], [])
 
 
 def import_buffers(folder: str, expert_dir: str, config: dict, expected: BufferModel,

@@ -47,8 +47,9 @@ def test_pipeline_through_the_command_lines(tmp_path, tiny_experts):
         assert os.path.exists(os.path.join(experts, 'expert_0000', name)), name
     assert not os.path.exists(os.path.join(experts, 'expert_0000', 'progress'))
     for method, samples in (('mct', 1), ('mtt', 2)):
-        proc = run_command('distill', *TINY, f'--expert_dir={experts}', f'--out_dir={out}_{method}',
-                    f'--method={method}', f'--num_samples={samples}')
+        proc = run_command('distill', *TINY, f'--expert_dir={experts}',
+                           f'--out_dir={out}_{method}', f'--method={method}',
+                           f'--num_samples={samples}')
         result = last_json(proc)
         assert result['iteration'] == 4
         with np.load(os.path.join(f'{out}_{method}', 'best.npz')) as z:
@@ -165,11 +166,12 @@ def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
     (tmp_path / 'usernets' / 'nets.py').write_text(USER_NETS)
     user = dict(PYTHONPATH=str(tmp_path))
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
-    run_command('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet', **user)
+    run_command('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet',
+                **user)
     assert json.load(open(os.path.join(experts, 'config.json')))['model'] == \
         'usernets.nets:TinyNet'
     proc = run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
-                *DISTILL_ONLY, **user)
+                       *DISTILL_ONLY, **user)
     assert '--model=usernets.nets:TinyNet' in proc.stderr
     with np.load(os.path.join(out, 'best.npz')) as z:
         assert json.loads(str(z['settings']))['model'] == 'usernets.nets:TinyNet'
@@ -188,7 +190,7 @@ def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
     assert wrong.returncode == 2 and 'to (2, 3), not (2, 10)' in wrong.stderr, wrong.stderr
     assert not os.path.exists(tmp_path / 'wrong')
     other = run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}_c', '--ipc=1',
-                 '--model=convnet', *DISTILL_ONLY, check=False, **user)
+                        '--model=convnet', *DISTILL_ONLY, check=False, **user)
     assert other.returncode == 2 and "model='usernets.nets:TinyNet'" in other.stderr
 
 
@@ -228,9 +230,9 @@ def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path, tiny_experts):
     run_command('distill', f'--expert_dir={experts}', f'--out_dir={out}', '--ipc=1',
                 '--labels=teacher', *DISTILL_ONLY)
     cache = tmp_path / 'cache'
-    proc = run_command('evaluate', f'--synthetic={out}/synthetic.npz', '--models=convnet', '--report',
-                '--num_eval=2', '--eval_epochs=2', '--full_data_epochs=1',
-                f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report')
+    proc = run_command('evaluate', f'--synthetic={out}/synthetic.npz', '--models=convnet',
+                       '--report', '--num_eval=2', '--eval_epochs=2', '--full_data_epochs=1',
+                       f'--baseline_cache={cache}', f'--report_dir={tmp_path}/report')
     r = last_json(proc)['convnet']
     hard, sc = r['hard_labels'], r['scores']
     assert len(hard['all']) == 2 and sc['runs'] == 2
@@ -250,7 +252,7 @@ def test_soft_label_report_takes_hlr_from_hard_labels(tmp_path, tiny_experts):
     # are all skipped keeps its initial images, and re-labelling them gives its labels.
     still = str(tmp_path / 'still')
     run_command('distill', f'--expert_dir={experts}', f'--out_dir={still}', '--ipc=1',
-         '--labels=teacher', *DISTILL_ONLY, '--lr_lr=1000')
+                '--labels=teacher', *DISTILL_ONLY, '--lr_lr=1000')
     from mct_jax import evaluate, models
     from mct_jax.evaluate import ranking
     syn = evaluate.load_synthetic(os.path.join(still, 'best.npz'))

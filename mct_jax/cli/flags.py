@@ -254,8 +254,8 @@ def model_settings(ds: data.Dataset) -> dict:
     """The architecture as a JSON-able dict (stored with experts and synthetic sets;
     :func:`mct_jax.models.from_config` builds it)."""
     return {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
-            'model': FLAGS.model, 'width': FLAGS.width, 'depth': FLAGS.depth, 'norm': FLAGS.norm, 'act': ACT,
-            'pool': POOL}
+            'model': FLAGS.model, 'width': FLAGS.width, 'depth': FLAGS.depth,
+            'norm': FLAGS.norm, 'act': ACT, 'pool': POOL}
 
 
 def data_settings() -> dict:

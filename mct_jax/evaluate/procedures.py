@@ -66,8 +66,8 @@ def baseline_set(ds, kind: str, ipc: int, lr: float, key):
     :mod:`mct_jax.keys`), or ``full``, every
     training image."""
     if kind == 'random':
-        images, labels = data.random_per_class(keys.stream(key, 'evaluate/random_subset'), ds.x_train,
-                                               ds.y_train, ds.num_classes, ipc)
+        images, labels = data.random_per_class(keys.stream(key, 'evaluate/random_subset'),
+                                               ds.x_train, ds.y_train, ds.num_classes, ipc)
         return ds.prepare(images), labels, lr, f'random real, ipc {ipc}'
     return data.arrays.materialize(ds.x_train), ds.y_train, lr, 'full training set'
 
