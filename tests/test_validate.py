@@ -296,3 +296,18 @@ def test_unknown_key_in_a_flagfile_is_named(tmp_path):
     cfg.write_text('--dataset=digits\n--lr_imgg=100\n')
     proc = _cli('distill', f'--flagfile={cfg}')
     assert proc.returncode != 0 and 'lr_imgg' in proc.stderr and 'lr_img' in proc.stderr
+
+
+def test_rule_tables_name_real_settings_and_refuse_nan():
+    """Every rule of the distillation and expert tables names a setting that exists, and a
+    NaN learning rate is refused with its name (NaN passes no comparison)."""
+    from mct_jax import distill, expert, rules
+    assert {r.field for r in distill.RULES} <= set(distill.Settings._fields)
+    assert {r.field for r in expert.RULES} <= set(FLAGS)
+    s = distill.Settings(lr_img=float('nan'), labels='soft')
+    got = rules.problems(s, distill.RULES)
+    assert got == ['--lr_img=nan must be positive.',
+                   '--labels=soft is not one of hard, teacher, learned.']
+    assert rules.problems({'lr_teacher': float('nan'), 'num_experts': 1, 'train_epochs': 1,
+                           'batch_train': 1, 'microbatch': None}, expert.RULES) == [
+        '--lr_teacher=nan must be positive.']

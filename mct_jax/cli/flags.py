@@ -15,6 +15,7 @@ import os
 from absl import flags, logging
 
 from mct_jax import data, distill, evaluate, expert_store, models, rollout, trajectory
+from mct_jax import labels as soft_labels
 
 FLAGS = flags.FLAGS
 
@@ -103,82 +104,105 @@ flags.DEFINE_integer('microbatch', None, 'Images per gradient pass of expert tra
                      'Default: 16 on CPU, where it is also faster, the whole batch on other '
                      'backends (docs/benchmarks.md#gradient-passes).')
 
-# ---- distillation (python -m mct_jax.distill)
-flags.DEFINE_enum('method', 'mct', ['mct', 'mtt'], 'mct: continuous starts on convexified '
+# ---- distillation (python -m mct_jax.distill): defaults are distill.Settings'
+_D = distill.Settings._field_defaults
+flags.DEFINE_enum('method', _D['method'], ['mct', 'mtt'], 'mct: continuous starts on convexified '
                   'trajectories; mtt: integer starts on full trajectories.')
-flags.DEFINE_integer('ipc', 10, 'Synthetic images per class.')
+flags.DEFINE_integer('ipc', _D['ipc'], 'Synthetic images per class.')
 flags.DEFINE_float('lr_syn_init', None, 'Initial learned student lr (the reference syn_lr '
                    'init); default --lr_teacher. Lets one flagfile train experts at lr_teacher '
                    'and start the learned lr elsewhere.')
-flags.DEFINE_integer('syn_steps', 20, 'N: student SGD steps per iteration.')
-flags.DEFINE_float('expert_epochs', 2, 'M: target = expert at start + M epochs (MCT allows '
+flags.DEFINE_integer('syn_steps', _D['syn_steps'], 'N: student SGD steps per iteration.')
+flags.DEFINE_float('expert_epochs', _D['expert_epochs'],
+                   'M: target = expert at start + M epochs (MCT allows '
                    'fractions).')
-flags.DEFINE_float('max_start_epoch', 10, 'Starts are drawn from [0, max_start_epoch] (MCT, '
+flags.DEFINE_float('max_start_epoch', _D['max_start_epoch'],
+                   'Starts are drawn from [0, max_start_epoch] (MCT, '
                    'real) or [0, max_start_epoch) (MTT, integer).')
-flags.DEFINE_integer('batch_syn', 0, 'Synthetic images per student step (0: all of them).')
-flags.DEFINE_float('lr_img', 1000, 'Learning rate of the synthetic images (SGD, momentum 0.5).')
-flags.DEFINE_float('lr_lr', 1e-5, 'Learning rate of the learned student lr (SGD, momentum 0.5).')
-flags.DEFINE_integer('iterations', 200, 'Distillation iterations.')
-flags.DEFINE_integer('eval_every', 50, 'Evaluate, save and checkpoint every this many iterations.')
-flags.DEFINE_integer('num_eval', 5, 'Networks trained per evaluation.')
-flags.DEFINE_integer('eval_epochs', 300, 'Epochs per evaluation network (the reference uses 1000).')
+flags.DEFINE_integer('batch_syn', _D['batch_syn'],
+                     'Synthetic images per student step (0: all of them).')
+flags.DEFINE_float('lr_img', _D['lr_img'],
+                   'Learning rate of the synthetic images (SGD, momentum 0.5).')
+flags.DEFINE_float('lr_lr', _D['lr_lr'],
+                   'Learning rate of the learned student lr (SGD, momentum 0.5).')
+flags.DEFINE_integer('iterations', _D['iterations'], 'Distillation iterations.')
+flags.DEFINE_integer('eval_every', _D['eval_every'],
+                     'Evaluate, save and checkpoint every this many iterations.')
+flags.DEFINE_integer('num_eval', _D['num_eval'], 'Networks trained per evaluation.')
+flags.DEFINE_integer('eval_epochs', _D['eval_epochs'],
+                     'Epochs per evaluation network (the reference uses 1000).')
 flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
-flags.DEFINE_enum('meta_grad', 'forward', rollout.METHODS,
+flags.DEFINE_enum('meta_grad', _D['meta_grad'], rollout.METHODS,
                   'How the meta-gradient is computed. forward = the exact gradient, each '
                   "step's Hessian-vector products in forward mode through a custom VJP, memory "
                   'bounded by --residual_budget_gb (fastest); reverse = the same gradient by '
                   'jax.grad through the scan, as the reference; tesla = the constant-memory '
                   'approximation of TESLA and the MCT release (not the exact gradient).')
-flags.DEFINE_boolean('remat', False, 'Recompute each student step in the backward pass: the '
+flags.DEFINE_boolean('remat', _D['remat'], 'Recompute each student step in the backward pass: the '
                      'same gradient with memory flat in N. Reverse: instead of keeping its '
                      'activations; forward: instead of storing its residuals (see '
                      '--residual_budget_gb).')
-flags.DEFINE_float('residual_budget_gb', 4.0, 'Forward method: store each student step\'s '
+flags.DEFINE_float('residual_budget_gb', _D['residual_budget_gb'],
+                   'Forward method: store each student step\'s '
                    'residuals (the backward pass\'s cotangents, about a third of a first-block '
                    'feature map per image), which is faster, '
                    'while those of the N steps take at most this many GB per device; else '
                    'recompute each step. 0: always recompute.')
-flags.DEFINE_boolean('dsa', True, 'DSA augmentation in the student steps and evaluation.')
-flags.DEFINE_enum('beta_mode', 'steps', ['steps', 'uniform', 'projected'],
+flags.DEFINE_boolean('dsa', _D['dsa'], 'DSA augmentation in the student steps and evaluation.')
+flags.DEFINE_enum('beta_mode', _D['beta_mode'], ['steps', 'uniform', 'projected'],
                   'MCT betas: steps (eq. 9), uniform (t/K) or projected (one global beta).')
 flags.DEFINE_enum('start_sampling', None, ['continuous', 'integer'],
                   'Start epochs: default continuous for mct, integer for mtt.')
-flags.DEFINE_integer('max_experts', None, 'Use only the first this many experts.')
-flags.DEFINE_integer('num_samples', 1, '(expert, start) pairs per iteration, their rollouts '
+flags.DEFINE_integer('max_experts', _D['max_experts'], 'Use only the first this many experts.')
+flags.DEFINE_integer('num_samples', _D['num_samples'],
+                     '(expert, start) pairs per iteration, their rollouts '
                      'run in parallel (vmap) and their losses averaged; 1 is the reference.')
-flags.DEFINE_enum('on_fault', 'skip', ['skip', 'stop'], 'On a non-finite loss or gradient, or '
+flags.DEFINE_enum('on_fault', _D['on_fault'], ['skip', 'stop'],
+                  'On a non-finite loss or gradient, or '
                   'a non-positive learned lr: skip that update, or stop the run.')
 
 # ---- the toolbox around MCT: labels, start window, the authors' options
-flags.DEFINE_enum('labels', 'hard', ['hard', 'teacher', 'learned'], 'Labels of the synthetic '
+flags.DEFINE_enum('labels', _D['labels'], soft_labels.KINDS, 'Labels of the synthetic '
                   'set: hard classes (MTT, MCT); teacher = fixed soft labels from an expert\'s '
                   'logits (the MCT release, TESLA); learned = logits learned with the images, '
                   'initialised from the experts, images drawn among those an expert '
                   'classifies correctly (DATM).')
-flags.DEFINE_float('label_epoch', None, 'Expert epoch whose parameters label (and choose '
+flags.DEFINE_float('label_epoch', _D['label_epoch'],
+                   'Expert epoch whose parameters label (and choose '
                    'correctly classified images). Default: --max_start_epoch for teacher '
                    'labels (the MCT release), the last epoch for learned ones (DATM).')
-flags.DEFINE_integer('label_expert', 0, 'The expert of teacher labels and of --image_init='
+flags.DEFINE_integer('label_expert', _D['label_expert'],
+                     'The expert of teacher labels and of --image_init='
                      'correct (learned labels average every expert).')
-flags.DEFINE_float('label_temperature', 1.0, 'Teacher labels: softmax(logits / T).')
-flags.DEFINE_float('lr_labels', 2.0, 'Learned labels: SGD learning rate of the label logits '
+flags.DEFINE_float('label_temperature', _D['label_temperature'],
+                   'Teacher labels: softmax(logits / T).')
+flags.DEFINE_float('lr_labels', _D['lr_labels'],
+                   'Learned labels: SGD learning rate of the label logits '
                    "(DATM's lr_y: 2 for CIFAR-10 ipc 10 and 50, 5 at ipc 1, 10 elsewhere).")
-flags.DEFINE_float('labels_momentum', 0.9, 'Learned labels: SGD momentum (DATM: 0.9).')
-flags.DEFINE_float('min_start_epoch', 0.0, 'Starts are drawn at or above this epoch '
+flags.DEFINE_float('labels_momentum', _D['labels_momentum'],
+                   'Learned labels: SGD momentum (DATM: 0.9).')
+flags.DEFINE_float('min_start_epoch', _D['min_start_epoch'],
+                   'Starts are drawn at or above this epoch '
                    "(DATM's difficulty-aligned window).")
-flags.DEFINE_float('max_start_epoch_final', None, 'Grow the starts\' upper bound linearly '
+flags.DEFINE_float('max_start_epoch_final', _D['max_start_epoch_final'],
+                   'Grow the starts\' upper bound linearly '
                    'from --max_start_epoch to this over --window_iterations iterations '
                    '(DATM); unset: a fixed window.')
-flags.DEFINE_integer('window_iterations', 0, 'Iterations over which the upper bound grows to '
+flags.DEFINE_integer('window_iterations', _D['window_iterations'],
+                     'Iterations over which the upper bound grows to '
                      "--max_start_epoch_final (DATM's expansion_end_epoch).")
-flags.DEFINE_enum('image_optimizer', 'sgd', ['sgd', 'adam'], 'Optimiser of the images: SGD '
+flags.DEFINE_enum('image_optimizer', _D['image_optimizer'], distill.IMAGE_OPTIMIZERS,
+                  'Optimiser of the images: SGD '
                   'with momentum 0.5 (the reference) or Adam (the MCT release\'s option).')
-flags.DEFINE_integer('lr_img_decay_every', 0, 'Multiply --lr_img by --lr_img_decay_rate every '
+flags.DEFINE_integer('lr_img_decay_every', _D['lr_img_decay_every'],
+                     'Multiply --lr_img by --lr_img_decay_rate every '
                      'this many updates (the MCT release\'s --lr_decay: 2000); 0: never.')
-flags.DEFINE_float('lr_img_decay_rate', 0.5, 'Factor of each --lr_img_decay_every step.')
-flags.DEFINE_boolean('freeze_lr', False, 'Keep the student lr at its initial value instead '
+flags.DEFINE_float('lr_img_decay_rate', _D['lr_img_decay_rate'],
+                   'Factor of each --lr_img_decay_every step.')
+flags.DEFINE_boolean('freeze_lr', _D['freeze_lr'],
+                     'Keep the student lr at its initial value instead '
                      "of learning it (the MCT release's --mute_syn_lr).")
-flags.DEFINE_enum('image_init', None, ['real', 'noise', 'correct'], 'Initial images: random '
+flags.DEFINE_enum('image_init', _D['image_init'], distill.IMAGE_INITS, 'Initial images: random '
                   'real ones of each class, N(0, 1) noise (the MCT release\'s pix_init=noise), '
                   'or real ones the labelling expert classifies correctly. Default: correct '
                   'with --labels=learned, else real.')

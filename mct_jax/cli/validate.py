@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags
 
-from mct_jax import checkpoint, data, distill, expert_store, models
+from mct_jax import checkpoint, data, distill, expert, expert_store, models, rules
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import ranking
 
@@ -166,17 +166,8 @@ def import_command_problems() -> list[str]:
 def expert_command_problems() -> list[str]:
     """``python -m mct_jax.expert``."""
     problems = data_problems() + model_problems()
-    if FLAGS.num_experts < 1:
-        problems.append(f'--num_experts={FLAGS.num_experts} must be at least 1.')
-    if FLAGS.train_epochs < 1:
-        problems.append(f'--train_epochs={FLAGS.train_epochs} must be at least 1.')
-    if FLAGS.batch_train < 1:
-        problems.append(f'--batch_train={FLAGS.batch_train} must be at least 1.')
-    if not FLAGS.lr_teacher > 0:
-        problems.append(f'--lr_teacher={FLAGS.lr_teacher} must be positive.')
-    if FLAGS.microbatch is not None and FLAGS.microbatch < 0:
-        problems.append(f'--microbatch={FLAGS.microbatch} must be 0 (the whole batch in one '
-                        'pass) or a number of images.')
+    problems += rules.problems({r.field: FLAGS[r.field].value for r in expert.RULES},
+                               expert.RULES)
     if FLAGS.train_epochs >= 1:
         try:
             cli_flags.anchors()

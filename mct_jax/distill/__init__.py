@@ -37,8 +37,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from mct_jax import checkpoint, data, evaluate, host, keys, monitor, parallel, rollout, trajectory
+from mct_jax import checkpoint, data, evaluate, host, keys, monitor, parallel, rollout, rules
+from mct_jax import trajectory
 from mct_jax import labels as soft_labels
+from mct_jax.rules import Rule
 from mct_jax.run_folder import RunFolder
 
 
@@ -92,6 +94,33 @@ TOOLBOX_DEFAULTS = {k: Settings._field_defaults[k] for k in Settings._fields
                     if Settings._fields.index(k) > Settings._fields.index('seed')}
 IMAGE_INITS = ('real', 'noise', 'correct')
 IMAGE_OPTIMIZERS = ('sgd', 'adam')
+
+# Every check of a distillation setting on its own; those that relate settings to each
+# other, to the experts or to the data are in check_settings.
+RULES = (
+    Rule('ipc', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('syn_steps', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('num_samples', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('expert_epochs', lambda v: v > 0, rules.POSITIVE),
+    Rule('residual_budget_gb', lambda v: v >= 0,
+         'must be >= 0 (0: always recompute, as --remat)'),
+    Rule('lr_img', lambda v: v > 0, rules.POSITIVE),
+    Rule('lr_lr', lambda v: v > 0, rules.POSITIVE),
+    Rule('lr_teacher', lambda v: v > 0, rules.POSITIVE),
+    Rule('labels', lambda v: v in soft_labels.KINDS,
+         f'is not one of {", ".join(soft_labels.KINDS)}'),
+    Rule('label_temperature', lambda v: v > 0, rules.POSITIVE),
+    Rule('lr_labels', lambda v: v > 0, rules.POSITIVE),
+    Rule('labels_momentum', lambda v: 0 <= v < 1, 'must lie in [0, 1)'),
+    Rule('label_expert', lambda v: v >= 0, 'must be >= 0'),
+    Rule('min_start_epoch', lambda v: v >= 0, 'must be >= 0'),
+    Rule('image_optimizer', lambda v: v in IMAGE_OPTIMIZERS,
+         f'is not one of {", ".join(IMAGE_OPTIMIZERS)}'),
+    Rule('lr_img_decay_every', lambda v: v >= 0, 'must be >= 0 (0: no decay)'),
+    Rule('lr_img_decay_rate', lambda v: 0 < v <= 1, 'must lie in (0, 1]'),
+    Rule('image_init', lambda v: v is None or v in IMAGE_INITS,
+         f'is not one of {", ".join(IMAGE_INITS)}'),
+)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -204,23 +233,12 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
     ``num_epochs``, ``num_images_per_class`` and ``num_experts`` describe the experts and
     data when known (None skips the checks that need them).
     """
-    problems = []
+    problems = rules.problems(s, RULES)
     if num_experts is not None and s.label_expert >= num_experts and (
             s.labels == 'teacher' or (s.image_init or '') == 'correct'
             or (s.labels == 'learned' and s.image_init is None)):
         problems.append(f'--label_expert={s.label_expert}, but there are {num_experts} '
                         f'experts; use 0 to {num_experts - 1}.')
-    if s.residual_budget_gb < 0:
-        problems.append(f'--residual_budget_gb={s.residual_budget_gb} must be >= 0 (0: always '
-                        'recompute, as --remat).')
-    if s.num_samples < 1:
-        problems.append(f'--num_samples={s.num_samples} must be at least 1.')
-    if s.ipc < 1:
-        problems.append(f'--ipc={s.ipc} must be at least 1.')
-    if s.syn_steps < 1:
-        problems.append(f'--syn_steps={s.syn_steps} must be at least 1.')
-    if s.expert_epochs <= 0:
-        problems.append(f'--expert_epochs={s.expert_epochs} must be positive.')
     if s.method == 'mtt' and s.expert_epochs != int(s.expert_epochs):
         problems.append(f'--expert_epochs={s.expert_epochs}: MTT needs a whole number of '
                         'epochs (full trajectories are stored per epoch); use --method=mct.')
@@ -246,9 +264,6 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
         if batch % num_devices:
             problems.append(f'The student minibatch ({batch} images) must divide among '
                             f'{num_devices} devices; change --batch_syn or --ipc.')
-    for name in ('lr_img', 'lr_lr', 'lr_teacher'):
-        if not getattr(s, name) > 0:
-            problems.append(f'--{name}={getattr(s, name)} must be positive.')
     if s.iterations < 0 or s.eval_every < 1 or s.num_eval < 1 or s.eval_epochs < 1:
         problems.append('--iterations must be >= 0 and --eval_every, --num_eval, '
                         '--eval_epochs >= 1.')
@@ -256,24 +271,13 @@ def check_settings(s: Settings, num_epochs: int | None, num_images_per_class: li
 
 
 def _toolbox_problems(s: Settings, num_epochs: int | None) -> list[str]:
-    """The labels, start-window and optimiser options."""
+    """The checks of the label epoch and the start window against each other and the
+    experts."""
     problems = []
-    if s.labels not in soft_labels.KINDS:
-        problems.append(f'--labels={s.labels} is not one of {", ".join(soft_labels.KINDS)}.')
-    if not s.label_temperature > 0:
-        problems.append(f'--label_temperature={s.label_temperature} must be positive.')
-    if not s.lr_labels > 0:
-        problems.append(f'--lr_labels={s.lr_labels} must be positive.')
-    if not 0 <= s.labels_momentum < 1:
-        problems.append(f'--labels_momentum={s.labels_momentum} must lie in [0, 1).')
-    if s.label_expert < 0:
-        problems.append(f'--label_expert={s.label_expert} must be >= 0.')
     if s.label_epoch is not None and (s.label_epoch < 0 or (num_epochs is not None
                                                             and s.label_epoch > num_epochs)):
         problems.append(f'--label_epoch={s.label_epoch} must lie in [0, {num_epochs}], the '
                         "experts' epochs.")
-    if s.min_start_epoch < 0:
-        problems.append(f'--min_start_epoch={s.min_start_epoch} must be >= 0.')
     final = s.max_start_epoch_final
     top = max(s.max_start_epoch, final if final is not None else s.max_start_epoch)
     if s.min_start_epoch >= s.max_start_epoch or (
@@ -295,16 +299,6 @@ def _toolbox_problems(s: Settings, num_epochs: int | None) -> list[str]:
     elif s.window_iterations:
         problems.append('--window_iterations needs --max_start_epoch_final, the bound the '
                         'window grows to.')
-    if s.image_optimizer not in IMAGE_OPTIMIZERS:
-        problems.append(f'--image_optimizer={s.image_optimizer} is not one of '
-                        f'{", ".join(IMAGE_OPTIMIZERS)}.')
-    if s.lr_img_decay_every < 0:
-        problems.append(f'--lr_img_decay_every={s.lr_img_decay_every} must be >= 0 (0: no '
-                        'decay).')
-    if not 0 < s.lr_img_decay_rate <= 1:
-        problems.append(f'--lr_img_decay_rate={s.lr_img_decay_rate} must lie in (0, 1].')
-    if s.image_init is not None and s.image_init not in IMAGE_INITS:
-        problems.append(f'--image_init={s.image_init} is not one of {", ".join(IMAGE_INITS)}.')
     return problems
 
 

@@ -26,14 +26,25 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mct_jax import checkpoint, data, host, monitor, train, trajectory
+from mct_jax import checkpoint, data, host, monitor, rules, train, trajectory
 from mct_jax.expert_store import (CONFIG_FILE, ExpertRun, check_config, expert_path,
                                   is_complete, save_expert, write_expert_outputs)
+from mct_jax.rules import Rule
 
 
 # Batches handed to the device per call: enough work per call to hide the dispatch and the
 # host's reading of the next group, little memory (16 CIFAR batches of 256 are 12 MB).
 GROUP = 16
+# Every check of an expert-training setting on its own (the anchors are checked by
+# trajectory.check_anchor_epochs, the folder by the command).
+RULES = (
+    Rule('num_experts', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('train_epochs', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('batch_train', lambda v: v >= 1, rules.AT_LEAST_1),
+    Rule('lr_teacher', lambda v: v > 0, rules.POSITIVE),
+    Rule('microbatch', lambda v: v is None or v >= 0,
+         'must be 0 (the whole batch in one pass) or a number of images'),
+)
 
 
 def _to_numpy(tree):
