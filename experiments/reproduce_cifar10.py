@@ -376,14 +376,14 @@ def plots(res, out):
 
     import numpy as np
 
-    from mct_jax import monitor
+    from mct_jax import pictures
     for r in res['runs']:   # the best synthetic sets of MTT and MCT, one row per class
         path = r.get('best_npz')
         if r['name'] == 'mct_integer' or not path or not os.path.isfile(path):
             continue
         with np.load(path) as z:
-            grid = monitor.image_grid(z['images_display'], z['labels'], list(z['class_names']))
-        monitor.save_png(os.path.join(out, f'synthetic_{r["name"]}_ipc{r["ipc"]}.png'), grid)
+            grid = pictures.image_grid(z['images_display'], z['labels'], list(z['class_names']))
+        pictures.save_png(os.path.join(out, f'synthetic_{r["name"]}_ipc{r["ipc"]}.png'), grid)
 
 
 # ----------------------------------------------------------------------------- main

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mct_jax import checkpoint, monitor, trajectory
+from mct_jax import checkpoint, pictures, trajectory
 
 CONFIG_FILE = 'config.json'
 
@@ -205,7 +205,7 @@ def write_expert_outputs(folder: str, run: ExpertRun, params_like, title: str = 
                                 'test_acc': run.test_acc[t],
                                 'step_norm': run.step_norms[t - 1].tolist()}) + '\n')
     betas = trajectory.betas_from_step_norms(run.step_norms, run.anchor_epochs)
-    monitor.plot_expert(betas, run.anchor_epochs, leaf_names(params_like), run.train_acc,
+    pictures.plot_expert(betas, run.anchor_epochs, leaf_names(params_like), run.train_acc,
                         run.test_acc, os.path.join(folder, 'expert.png'), title)
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mct_jax import checkpoint, monitor
+from mct_jax import checkpoint, monitor, pictures
 
 SETTINGS_FILE = 'settings.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -252,12 +252,12 @@ class RunFolder:
 
     def _draw(self, images, labels, iteration) -> None:
         """Runs on the background thread, from NumPy copies."""
-        grid = monitor.image_grid(self.to_display(images), labels, self.class_names)
+        grid = pictures.image_grid(self.to_display(images), labels, self.class_names)
         os.makedirs(self.file('images'), exist_ok=True)
-        monitor.save_png(os.path.join(self.file('images'), f'iteration_{iteration:06d}.png'),
+        pictures.save_png(os.path.join(self.file('images'), f'iteration_{iteration:06d}.png'),
                          grid)
-        monitor.save_png(self.file('synthetic.png'), grid)
+        pictures.save_png(self.file('synthetic.png'), grid)
         if self.writer:
             self.writer.image('synthetic_images', iteration, grid)
-        monitor.plot_distillation(self.file(METRICS_FILE), self.file('progress.png'),
+        pictures.plot_distillation(self.file(METRICS_FILE), self.file('progress.png'),
                                   self.title)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from mct_jax import monitor
+from mct_jax import monitor, pictures
 
 
 def test_image_grid_places_every_image_in_its_class_row():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(6, 8, 8, 3)).astype(np.float32)
     labels = np.array([2, 0, 2, 1, 0, 2])
-    grid = monitor.image_grid(images, labels, ['cat', 'dog', 'eel'], tile=16, names=False)
+    grid = pictures.image_grid(images, labels, ['cat', 'dog', 'eel'], tile=16, names=False)
     # 3 classes x up to 3 images, each enlarged 2x to 16 px, 2 px gaps
     assert grid.shape == (3 * 18 + 2, 3 * 18 + 2, 3) and grid.dtype == np.uint8
     for row, cls in enumerate([0, 1, 2]):
@@ -28,12 +28,12 @@ def test_image_grid_places_every_image_in_its_class_row():
 
 def test_image_grid_with_names_and_grey_images():
     images = np.zeros((4, 16, 16, 1), np.float32)
-    grid = monitor.image_grid(images, np.array([0, 0, 1, 1]), ['zero', 'one'])
+    grid = pictures.image_grid(images, np.array([0, 0, 1, 1]), ['zero', 'one'])
     assert grid.shape[2] == 3 and grid.shape[0] == 2 * 34 + 2
     margin = grid.shape[1] - (2 * 34 + 2)
     assert margin > 0 and (grid[:, :margin] < 128).any()   # the names were drawn
     with pytest.raises(ValueError, match='Expected images'):
-        monitor.image_grid(np.zeros((2, 8, 8)), np.zeros(2), ['a'])
+        pictures.image_grid(np.zeros((2, 8, 8)), np.zeros(2), ['a'])
 
 
 def test_progress_log_mode_reports_rate_eta_and_numbers(caplog):
@@ -66,9 +66,9 @@ def test_plots_are_written(tmp_path):
             if it % 2 == 0:
                 f.write(json.dumps({'iteration': it, 'eval': {'mean': 10.0 + it, 'std': 1.0},
                                     'lr': 0.01}) + '\n')
-    monitor.plot_distillation(str(path), str(tmp_path / 'p.png'), 'title')
+    pictures.plot_distillation(str(path), str(tmp_path / 'p.png'), 'title')
     betas = np.linspace(0, 1, 5)[:, None].repeat(3, 1)
-    monitor.plot_expert(betas, [0, 4], ['a', 'b', 'c'], [0.1] * 4, [0.1] * 5,
+    pictures.plot_expert(betas, [0, 4], ['a', 'b', 'c'], [0.1] * 4, [0.1] * 5,
                         str(tmp_path / 'e.png'))
     from PIL import Image
     for name in ('p.png', 'e.png'):
@@ -78,6 +78,6 @@ def test_plots_are_written(tmp_path):
 
 def test_moving_average_matches_a_loop():
     x = np.arange(12, dtype=float) ** 1.5
-    got = monitor._moving_average(x, 4)
+    got = pictures._moving_average(x, 4)
     want = [x[max(0, i - 3):i + 1].mean() for i in range(len(x))]
     np.testing.assert_allclose(got, want)
