@@ -7,7 +7,7 @@
   once, so that a run's targets do not move under it).
 * ``learned``: DATM's scheme (Guo et al., 2024). The labels are logits, part of the
   synthetic set and learned with their own optimiser; the student fits
-  ``softmax(label_logits)`` (:func:`mct_jax.rollout.targets`). They start as the mean
+  ``softmax(label_logits)`` (:func:`targets`). They start as the mean
   logits of the experts that classify the image correctly, and the images are drawn only
   among those one expert classifies correctly (:func:`correct_subset`).
 
@@ -24,6 +24,14 @@ from mct_jax import train
 from mct_jax.data import arrays, preprocess, splits
 
 KINDS = ('hard', 'teacher', 'learned')
+
+
+def targets(syn: dict, labels):
+    """What the student fits: ``softmax(syn['label_logits'])`` when the set learns its labels,
+    else ``labels`` ([n] integer classes, or [n, K] fixed probabilities)."""
+    if 'label_logits' in syn:
+        return jax.nn.softmax(syn['label_logits'], axis=-1)
+    return labels
 
 
 def logits(apply_fn, params, images, batch_size: int = train.PREDICT_BATCH, prep=None):

@@ -7,7 +7,8 @@ minibatches, and is compared with the expert's parameters theta_target M epochs 
 
 The synthetic set is a pytree ``syn = {'images': [n, H, W, C], 'lr': []}`` (the images and
 the learned student learning rate), with ``'label_logits': [n, K]`` when the labels are
-learned (the student then fits ``softmax(label_logits)``, see :func:`targets`);
+learned (the student then fits ``softmax(label_logits)``, see
+:func:`mct_jax.labels.targets`);
 ``jax.grad(meta_loss)(syn, ...)`` returns the meta-gradient as a pytree of the same
 structure. The N steps are one ``lax.scan``; how they are differentiated is a
 :class:`RolloutOptions` choice:
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mct_jax import augment, train
+from mct_jax import labels as label_kinds
 from mct_jax.models import Model
 
 PyTree = Any
@@ -117,14 +119,6 @@ def tree_vdot(a: PyTree, b: PyTree):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def targets(syn: dict, labels):
-    """What the student fits: ``softmax(syn['label_logits'])`` when the set learns its labels,
-    else ``labels`` ([n] integer classes, or [n, K] fixed probabilities)."""
-    if 'label_logits' in syn:
-        return jax.nn.softmax(syn['label_logits'], axis=-1)
-    return labels
-
-
 class _Student(NamedTuple):
     """What every step of one rollout shares: the network, the options and, inside ``pmap``,
     the device axis with this device's share of a minibatch (``local`` images)."""
@@ -175,7 +169,7 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
       syn: ``{'images': [n, H, W, C], 'lr': []}``, the synthetic set and the learned lr
         (and ``'label_logits'`` when the labels are learned).
       labels: [n] int classes of the images, or [n, K] fixed soft labels (ignored when
-        ``syn`` has ``'label_logits'``, see :func:`targets`).
+        ``syn`` has ``'label_logits'``, see :func:`mct_jax.labels.targets`).
       key: PRNG key; step t augments with ``fold_in(k_aug, t)``.
       options: see :class:`RolloutOptions`.
       axis_name, num_shards: inside ``pmap``: the device axis and its size; each device
@@ -188,7 +182,7 @@ def rollout(model: Model, theta_start: PyTree, syn: dict, labels, key,
         raise ValueError(f'Unknown meta-gradient method {options.method!r}; choose one of '
                          f'{METHODS}.')
     images, lr = syn['images'], syn['lr']
-    labels = targets(syn, labels)
+    labels = label_kinds.targets(syn, labels)
     k_idx, k_aug = jax.random.split(key)
     idx = step_indices(k_idx, images.shape[0], options.batch_size, options.num_steps)
     student = _Student(model, options, axis_name, num_shards, idx.shape[1] // num_shards)

@@ -489,7 +489,7 @@ class Distiller:
                               mode=self.progress, leave=False) as bar:
             acc = self.evaluator(jax.random.fold_in(keys.stream(self.key, 'distill/evaluation'),
                                                     iteration),
-                                 syn['images'], rollout.targets(syn, labels), syn['lr'],
+                                 syn['images'], soft_labels.targets(syn, labels), syn['lr'],
                                  tuple(self.eval_sets.values()),
                                  on_network=lambda i, a: (bar.update(acc=100 * a[0]),
                                                           checkpoint.crash_point('evaluate')),
@@ -550,7 +550,7 @@ class Distiller:
                     bar.write(f'iteration {it}: ' + ', '.join(
                         f'{name} {v["mean"]:.2f} +- {v["std"]:.2f} %'
                         for name, v in summaries.items()) + f' (lr {lr:.4g})')
-                    folder.record_evaluation(it, syn, rollout.targets(syn, labels), summaries,
+                    folder.record_evaluation(it, syn, soft_labels.targets(syn, labels), summaries,
                                              opt_state, classes=self.classes,
                                              changed=changed(syn))
                     result = {'iteration': it, 'accuracy': summaries['test'],
