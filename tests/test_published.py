@@ -100,3 +100,54 @@ def test_readme_distillation_speed_range_is_that_of_its_benchmark():
     ratios = [r['forward_over_torch'] for r in rows if r.get('forward_over_torch') is not None]
     text = f'takes {min(ratios):.1f}-{max(ratios):.1f}x the time of a PyTorch implementation'
     assert text in _flat(_read('README.md')), f'README.md should say: {text}'
+
+
+def _startup(r):
+    rows = r['rows']
+    return [f'{rows["no cache"]["first_iteration_seconds"]:.1f} s without the compilation cache',
+            f'{rows["cold cache"]["first_iteration_seconds"]:.1f} s\nwith an empty one',
+            f'**{rows["warm cache"]["first_iteration_seconds"]:.1f} s with a warm one**']
+
+
+def _expert(r):
+    t = {row['width']: row['images_per_second'] for row in r['throughput']}
+    s = r['storage']
+    return [f'{t[32]:,.0f} images/s at width 32, {t[64]:,.0f} at width 64, {t[128]:,.0f} at '
+            'width 128',
+            f'MCT {s["mct_bytes"] / 1e6:.2f} MB', f'{s["full_bytes"] / 1e6:.1f} MB for the full',
+            f'ratio {s["ratio"]:.4f} (2/(K+1) = {s["expected_ratio"]:.4f})',
+            f'{s["num_params"]:,} parameters']
+
+
+def _eval(rows):
+    by = {r['ipc']: r for r in rows}
+    one, ten = by[1], by[10]
+    return [f'{one["mapped_seconds"]:.2f} s / {ten["mapped_seconds"]:.2f} s at ipc 1 / 10',
+            f'five separate calls {one["sequential_seconds"]:.2f} s / '
+            f'{ten["sequential_seconds"]:.2f} s',
+            f'{one["vmapped_seconds"]:.2f} s / {ten["vmapped_seconds"]:.2f} s '
+            f'({one["vmap_speedup"]:.2f}x / {ten["vmap_speedup"]:.2f}x of separate calls']
+
+
+def _vmap_forms(r):
+    lines = []
+    for row in r['rows']:
+        s = row['seconds']
+        cells = [f'{s["map"]:.2f} s'] + [
+            f'{s[k]:.2f} s ({s["map"] / s[k]:.2f}x)'
+            for k in ('vmap', 'vmap_shared_dsa', 'vmap_im2col', 'vmap_im2col_shared_dsa')]
+        lines.append(f'| {row["ipc"]} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+@pytest.mark.parametrize('results,expected', [
+    ('bench_startup.json', _startup), ('bench_expert.json', _expert),
+    ('bench_eval.json', _eval), ('bench_vmap_forms.json', _vmap_forms),
+], ids=['startup', 'expert', 'eval', 'vmap_forms'])
+def test_benchmark_figures_in_the_prose_are_those_of_their_results(results, expected):
+    """The figures docs/benchmarks.md quotes in its sentences are those of the committed
+    results, formatted from the JSON here."""
+    found = json.loads(_read(os.path.join('benchmarks', 'results', results)))
+    doc = _read('docs/benchmarks.md')
+    missing = [s for s in expected(found) if s not in doc]
+    assert not missing, f'docs/benchmarks.md differs from benchmarks/results/{results}: {missing}'
