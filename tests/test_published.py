@@ -151,3 +151,20 @@ def test_benchmark_figures_in_the_prose_are_those_of_their_results(results, expe
     doc = _read('docs/benchmarks.md')
     missing = [s for s in expected(found) if s not in doc]
     assert not missing, f'docs/benchmarks.md differs from benchmarks/results/{results}: {missing}'
+
+
+def test_reproduction_table_is_that_of_its_results_file():
+    """docs/reproduction.md's table of the single-seed CIFAR-10 reproduction, row by row from
+    experiments/results/reproduce_cifar10.json (best mean +- std at the best evaluation,
+    convergence iteration and spread after it)."""
+    r = json.loads(_read('experiments/results/reproduce_cifar10.json'))
+    doc = _read('docs/reproduction.md')
+    for ipc in (1, 10):
+        runs = {x['name']: x for x in r['runs'] if x['ipc'] == ipc}
+        best = lambda x: f'{x["best"]:.2f} +- {x["std"][x["mean"].index(x["best"])]:.2f}'
+        rand = r['baselines'][str(ipc)]
+        row = (f'| {ipc} | {best(runs["mtt"])} | {best(runs["mct"])} | '
+               f'{best(runs["mct_integer"])} | {rand["mean"]:.2f} +- {rand["std"]:.2f} | '
+               f'{runs["mtt"]["converged_at"]} / {runs["mct"]["converged_at"]} | '
+               f'{runs["mtt"]["spread_std"]:.2f} / {runs["mct"]["spread_std"]:.2f} |')
+        assert row in doc, row
