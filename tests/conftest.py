@@ -9,6 +9,14 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# The persistent XLA compilation cache, for programs that take a second or more to compile:
+# a second run of the suite (the inner loop) loads them instead of compiling, and so does a
+# worker that compiles what another already did. MCT_JAX_TEST_CACHE names the folder; empty
+# turns it off.
+_CACHE = os.environ.get('MCT_JAX_TEST_CACHE', os.path.expanduser('~/.cache/mct_jax/xla-tests'))
+if _CACHE:
+    jax.config.update('jax_compilation_cache_dir', _CACHE)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Real CIFAR-10, for the tests that read it: a folder with train.npz and test.npz, or one
 # written by `python -m mct_jax.prepare --dataset=cifar10`, named by this variable.

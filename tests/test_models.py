@@ -182,10 +182,12 @@ def test_hand_written_gradient_matches_autodiff_float64(norm, act, pool):
     from mct_jax import train
     with jax.enable_x64(True):
         params, x, y = _float64_case(norm, pool)
-        want, want_x = jax.grad(
+        # each side jitted: one program instead of an eager dispatch per operation
+        want, want_x = jax.jit(jax.grad(
             lambda p, x: train.cross_entropy(conv_net.apply(p, x, act, pool), y),
-            argnums=(0, 1))(params, x)
-        got, got_x, logits = conv_net_grad.loss_grad(params, x, y, act, pool, input_grad=True)
+            argnums=(0, 1)))(params, x)
+        got, got_x, logits = jax.jit(lambda p, x: conv_net_grad.loss_grad(
+            p, x, y, act, pool, input_grad=True))(params, x)
         assert conv_net_grad.loss_grad(params, x, y, act, pool)[1] is None
         np.testing.assert_allclose(logits, conv_net.apply(params, x, act, pool), rtol=1e-12)
         scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))

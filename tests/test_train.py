@@ -33,12 +33,13 @@ def test_passes_give_the_whole_batch_gradient_float64(n, size, soft):
     come back in the batch's order."""
     with jax.enable_x64(True):
         params, x, y = _case(jax.random.key(n * 7 + size), n, soft)
-        want = jax.grad(lambda p: train.cross_entropy(conv_net.apply(p, x), y))(params)
+        # jitted: one program instead of an eager dispatch per operation
+        want = jax.jit(jax.grad(lambda p: train.cross_entropy(conv_net.apply(p, x), y)))(params)
         for loss_grad in (conv_net_grad.loss_grad,
                           train.autodiff_loss_grad(lambda p, x: conv_net.apply(p, x))):
             got, got_x, logits = jax.jit(train.microbatched(loss_grad, size))(params, x, y)
             assert got_x is None
-            np.testing.assert_allclose(logits, conv_net.apply(params, x), rtol=1e-12)
+            np.testing.assert_allclose(logits, jax.jit(conv_net.apply)(params, x), rtol=1e-12)
             scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(want))
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13 * scale)
@@ -48,7 +49,8 @@ def test_input_gradient_is_taken_in_one_pass():
     with jax.enable_x64(True):
         params, x, y = _case(jax.random.key(3), 6, False)
         grads, grad_x, _ = train.microbatched(conv_net_grad.loss_grad, 2)(params, x, y, True)
-        want_x = jax.grad(lambda x: train.cross_entropy(conv_net.apply(params, x), y))(x)
+        want_x = jax.jit(jax.grad(lambda x: train.cross_entropy(conv_net.apply(params, x),
+                                                               y)))(x)
         np.testing.assert_allclose(grad_x, want_x, rtol=1e-10, atol=1e-15)
 
 
