@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mct_jax import distill, expert_store, models, rollout  # noqa: E402
+from mct_jax import distill, expert_store, models, monitor, rollout  # noqa: E402
 from mct_jax.cli import flags as cli_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -48,7 +48,8 @@ def main(argv):
     trajs = expert_store.load_experts(cli_flags.expert_dir(), 'mct', 'steps', None,
                                       dict(config, **cli_flags.data_settings()))
     s = cli_flags.distill_settings()
-    d = distill.Distiller(s, model, ds, trajs, '/nonexistent', {}, progress='none')
+    d = distill.Distiller(s, model, ds, trajs, '/nonexistent', {},
+                          outputs=monitor.Outputs(progress='none'))
     syn, _, labels = d.initial_state()
     rows = []
     for n in [int(v) for v in FLAGS.steps]:

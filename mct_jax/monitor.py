@@ -18,12 +18,22 @@ import json
 import math
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 from absl import logging
 
 
 # ----------------------------------------------------------------------------- progress
+
+class Outputs(NamedTuple):
+    """What a run shows and writes besides its results, shared by expert training and
+    distillation: the progress display ('auto', 'bar', 'log' or 'none', see
+    :class:`Progress`), TensorBoard event files, and PNG pictures."""
+    progress: str = 'auto'
+    tensorboard: bool = True
+    pictures: bool = True
+
 
 def _fmt_seconds(s: float) -> str:
     if not math.isfinite(s):

@@ -50,15 +50,16 @@ class RunFolder:
       class_names: for the image grids.
       title: of the progress plot.
       primary: whether this process writes (process 0 of a multi-process run).
-      tensorboard, pictures: the optional outputs.
+      outputs: whether TensorBoard events and pictures are written (its ``progress`` is the
+        caller's).
       selected_on: the split whose accuracy chooses ``best.npz``, 'validation' or 'test'.
       added_defaults: settings added to the library after some runs were written, with the
         value those runs had; a folder without them resumes as if it had them.
     """
 
     def __init__(self, path: str, settings: dict, to_display: Callable, class_names: Sequence,
-                 title: str = '', primary: bool = True, tensorboard: bool = True,
-                 pictures: bool = True, selected_on: str = 'test',
+                 title: str = '', primary: bool = True,
+                 outputs: monitor.Outputs = monitor.Outputs(), selected_on: str = 'test',
                  added_defaults: dict | None = None):
         self.path, self.settings = path, settings
         self.added_defaults = json.loads(json.dumps(added_defaults or {}))
@@ -66,7 +67,8 @@ class RunFolder:
         self.best_iteration = None
         self.to_display, self.class_names, self.title = to_display, class_names, title
         self.primary = primary
-        self.tensorboard, self.pictures = tensorboard and primary, pictures and primary
+        self.tensorboard = outputs.tensorboard and primary
+        self.pictures = outputs.pictures and primary
         self.best = -np.inf
         self.lines = 0            # metrics lines written so far (kept in the checkpoint)
         self.metrics = self.writer = self.background = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_trees_close, scaled_trajectory
-from mct_jax import augment, data, distill, models, parallel, rollout, train
+from mct_jax import augment, data, distill, models, monitor, parallel, rollout, train
 from mct_jax.rollout import RolloutOptions
 
 
@@ -247,7 +247,7 @@ def _tiny_run(tmp_path, trajs, ds, iterations, out='run', num_devices=1, **over)
                          iterations=iterations, eval_every=2, num_eval=2, eval_epochs=3, **over)
     m = models.convnet(ds.image_shape, 10, 4, 3)
     d = distill.Distiller(s, m, ds, trajs, str(tmp_path / out), {'test': True},
-                          jax.local_devices()[:num_devices], progress='none')
+                          jax.local_devices()[:num_devices], monitor.Outputs(progress='none'))
     return d, d.run()
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import assert_trees_close, scaled_trajectory
-from mct_jax import data, distill, labels, models, rollout, train
+from mct_jax import data, distill, labels, models, monitor, rollout, train
 from mct_jax.models import conv_net, conv_net_grad
 from mct_jax.rollout import RolloutOptions
 
@@ -273,8 +273,7 @@ def _run(tmp_path, tiny, out, iterations, **over):
                          **over)
     assert distill.check_settings(s, 4, None, 1) == []
     d = distill.Distiller(s, m, ds, trajs, str(tmp_path / out), {'over': str(over)},
-                          jax.local_devices()[:1], progress='none', pictures=False,
-                          tensorboard=False)
+                          jax.local_devices()[:1], monitor.Outputs('none', False, False))
     return d, d.run()
 
 

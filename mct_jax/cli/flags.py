@@ -14,7 +14,7 @@ import os
 
 from absl import flags, logging
 
-from mct_jax import data, distill, evaluate, expert_store, models, rollout, trajectory
+from mct_jax import data, distill, evaluate, expert_store, models, monitor, rollout, trajectory
 from mct_jax import labels as soft_labels
 
 FLAGS = flags.FLAGS
@@ -280,6 +280,11 @@ def model_settings(ds: data.Dataset) -> dict:
     return {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
             'model': FLAGS.model, 'width': FLAGS.width, 'depth': FLAGS.depth,
             'norm': FLAGS.norm, 'act': ACT, 'pool': POOL}
+
+
+def outputs() -> monitor.Outputs:
+    """``--progress``, ``--tensorboard`` and ``--pictures``."""
+    return monitor.Outputs(FLAGS.progress, FLAGS.tensorboard, FLAGS.pictures)
 
 
 def data_settings() -> dict:

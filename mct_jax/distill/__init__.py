@@ -325,13 +325,12 @@ class Distiller:
       out_dir: the run folder (:class:`mct_jax.run_folder.RunFolder`).
       settings_json: every setting, stored with the run and each saved set.
       devices: where the meta-gradient runs (default: every device of every process).
-      progress: 'auto', 'bar', 'log' or 'none'.
-      tensorboard, pictures: the optional outputs.
+      outputs: the progress display and the optional TensorBoard events and pictures.
     """
 
     def __init__(self, s: Settings, model, ds: data.Dataset, trajectories: list,
-                 out_dir: str, settings_json: dict, devices=None, progress: str = 'auto',
-                 tensorboard: bool = True, pictures: bool = True):
+                 out_dir: str, settings_json: dict, devices=None,
+                 outputs: monitor.Outputs = monitor.Outputs()):
         self.s, self.model, self.ds, self.trajs = s, model, ds, trajectories
         self.num_images = s.ipc * ds.num_classes
         self.batch = s.batch_syn or self.num_images
@@ -354,10 +353,10 @@ class Distiller:
         # alone writes files (the output folder must be shared for resuming).
         self.primary = jax.process_index() == 0
         self.windowed = s.min_start_epoch > 0 or s.max_start_epoch_final is not None
-        self.progress = progress if self.primary else 'none'
+        self.progress = outputs.progress if self.primary else 'none'
         self.folder = RunFolder(out_dir, settings_json, ds.to_display, ds.class_names,
                                 f'{s.method.upper()}, ipc {s.ipc}, N {s.syn_steps}',
-                                self.primary, tensorboard, pictures,
+                                self.primary, outputs,
                                 selected_on='validation' if ds.has_validation else 'test',
                                 added_defaults=dict(TOOLBOX_DEFAULTS, val_images_per_class=0))
         self.update = make_update(self.tx, self.devices[0])

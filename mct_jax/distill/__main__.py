@@ -45,8 +45,7 @@ def main(argv):
                          expert_dir=os.path.abspath(expert_dir), num_experts_used=len(trajs))
     logging.info('Distilling %s, %d experts, %s -> %s', FLAGS.dataset, len(trajs), s, out_dir)
     result = distill.Distiller(s, models.from_config(m_settings), ds, trajs, out_dir,
-                               settings_json, progress=FLAGS.progress,
-                               tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures).run()
+                               settings_json, outputs=cli_flags.outputs()).run()
     print(json.dumps(result))
 
 

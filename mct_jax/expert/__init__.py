@@ -367,8 +367,8 @@ def _unpackage(p: dict, config: dict) -> ExpertRun:
 
 def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_experts: int,
                   seed: int, process_index: int = 0, process_count: int = 1,
-                  progress: str = 'auto', tensorboard: bool = True,
-                  pictures: bool = True, checkpoint_seconds: float = 600.0,
+                  outputs: monitor.Outputs = monitor.Outputs(),
+                  checkpoint_seconds: float = 600.0,
                   microbatch: int | None = None) -> list[int]:
     """Trains the missing experts of ``expert_dir`` that belong to this process.
 
@@ -405,14 +405,14 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
                            microbatch=microbatch)
     base = jax.random.key(seed)
     k = config['train_epochs']
-    bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=progress)
+    bar = monitor.Progress(len(todo) * k, 'experts', unit='epoch', mode=outputs.progress)
 
     def save(i, run, seconds):
         folder = expert_path(expert_dir, i)
         save_expert(folder, run, {'index': i, 'seed': seed, 'seconds': seconds,
                                   'images_per_second': k * len(real.y_train) / seconds,
                                   'microbatch': trainer.microbatch})
-        if pictures:
+        if outputs.pictures:
             write_expert_outputs(folder, run, run.anchors[0], f'expert {i}')
 
     try:
@@ -423,7 +423,7 @@ def train_experts(model, ds: data.Dataset, expert_dir: str, config: dict, num_ex
                 start = time.time()
                 folder = expert_path(expert_dir, i)
                 writer = None
-                if tensorboard:
+                if outputs.tensorboard:
                     writer = monitor.EventWriter(os.path.join(expert_dir, 'tensorboard',
                                                               f'expert_{i:04d}'))
 

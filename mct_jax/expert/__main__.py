@@ -51,8 +51,7 @@ def main(argv):
     config = cli_flags.expert_config(ds)
     expert.train_experts(models.from_config(config), ds, cli_flags.expert_dir(), config,
                          FLAGS.num_experts, FLAGS.seed, jax.process_index(),
-                         jax.process_count(), progress=FLAGS.progress,
-                         tensorboard=FLAGS.tensorboard, pictures=FLAGS.pictures,
+                         jax.process_count(), outputs=cli_flags.outputs(),
                          checkpoint_seconds=FLAGS.expert_checkpoint_seconds,
                          microbatch=FLAGS.microbatch)
 
