@@ -4,10 +4,13 @@ from a results file."""
 
 import sys
 
+import pytest
+
 from benchmarks import bench_data_scale
 from mct_jax import data
 
 
+@pytest.mark.slow
 def test_generated_dataset_and_the_expert_child(tmp_path):
     folder = bench_data_scale.make_dataset(tmp_path / 'gen', 'cifar10', 600, 32, 10)
     ds = data.load_dataset('cifar10', 'prepared', folder)

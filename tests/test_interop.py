@@ -304,6 +304,7 @@ def test_a_layer_norm_buffer_is_refused_whatever_its_folder_says(tmp_path):
         interop.infer_model(shapes)
 
 
+@pytest.mark.slow
 def test_the_folder_name_gives_dataset_and_zca_when_the_flags_leave_them_out(tmp_path):
     """CIFAR10_NO_ZCA/ConvNet, imported with no data flag: the experts record cifar10 without
     ZCA, and the command says what it read; a folder not named as buffer.py names it says
@@ -329,6 +330,7 @@ def test_the_folder_name_gives_dataset_and_zca_when_the_flags_leave_them_out(tmp
     assert 'the data of --dataset=digits with --zca=False' in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_run_that_learns_nothing_says_so_and_its_export_too(tmp_path):
     """An lr step far larger than the lr skips every update: after a few the run says that
     nothing is being learned and names an --lr_lr that fits; the saved set and its export
