@@ -47,6 +47,45 @@ def last_json(proc):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# A user's module of Flax networks, defined outside the package: a working one with batch
+# norm, one without state, one with the wrong number of outputs, and a name that is no module.
+USER_NETS = """
+import flax.linen as nn
+
+NOT_A_MODULE = 3
+
+
+class TinyNet(nn.Module):
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
+
+
+class Plain(nn.Module):
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+class ThreeOutputs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+"""
+
+
+def write_user_nets(path) -> None:
+    """Writes :data:`USER_NETS` as the Python file ``path``."""
+    with open(path, 'w') as f:
+        f.write(USER_NETS)
+
+
 def real_cifar10():
     """(source, folder) of real CIFAR-10 for `data.load_raw`; skips the test, saying how to
     provide it, when the variable is unset (a folder that holds no dataset is an error)."""

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, last_json, run_command
+from conftest import REPO, last_json, run_command, write_user_nets
 from mct_jax import data
 
 TINY = ['--dataset=digits', '--train_images_per_class=10', '--width=8', '--depth=3',
@@ -133,27 +133,6 @@ def test_cross_architecture_report_through_the_command_line(tmp_path):
     assert again['mlp']['random'] == results['mlp']['random']
 
 
-USER_NETS = """
-import flax.linen as nn
-
-
-class TinyNet(nn.Module):
-    num_classes: int = 2
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.BatchNorm(use_running_average=not train)(x)
-        return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
-
-
-class ThreeOutputs(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(3)(x.mean(axis=(1, 2)))
-"""
-
-
 @pytest.mark.slow
 def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
     """--model=package.module:Name: a Flax module defined outside the package is the network
@@ -163,7 +142,7 @@ def test_a_users_flax_module_through_expert_distill_and_evaluate(tmp_path):
     work, naming it."""
     (tmp_path / 'usernets').mkdir()
     (tmp_path / 'usernets' / '__init__.py').write_text('')
-    (tmp_path / 'usernets' / 'nets.py').write_text(USER_NETS)
+    write_user_nets(tmp_path / 'usernets' / 'nets.py')
     user = dict(PYTHONPATH=str(tmp_path))
     experts, out = str(tmp_path / 'experts'), str(tmp_path / 'run')
     run_command('expert', *TINY, f'--expert_dir={experts}', '--model=usernets.nets:TinyNet',

@@ -7,7 +7,7 @@ import sys
 import pytest
 from absl import flags
 
-from conftest import run_command
+from conftest import run_command, write_user_nets
 from mct_jax.cli import flags as _defines  # noqa: F401  (defines every flag)
 from mct_jax.cli import validate
 
@@ -180,31 +180,10 @@ CASES = [
      'imported buffers are ConvNets'),
 ]
 
-_NETS = '''
-import flax.linen as nn
-
-NOT_A_MODULE = 3
-
-
-class Plain(nn.Module):
-    num_classes: int = 2
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
-
-
-class ThreeOutputs(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(3)(x.mean(axis=(1, 2)))
-'''
-
 
 def _user_module(t):
     """A user's module of Flax networks, importable as ``mct_test_nets``."""
-    with open(os.path.join(t, 'mct_test_nets.py'), 'w') as f:
-        f.write(_NETS)
+    write_user_nets(os.path.join(t, 'mct_test_nets.py'))
     if t not in sys.path:
         sys.path.insert(0, t)
     return 'mct_test_nets'

@@ -13,6 +13,7 @@ from pathlib import Path
 from absl import flags
 
 from mct_jax import checkpoint, data, distill, expert, expert_store, models, rules
+from mct_jax.models import flax_module
 from mct_jax.cli import flags as cli_flags
 from mct_jax.evaluate import ranking
 
@@ -86,24 +87,15 @@ def data_problems() -> list[str]:
 
 def module_problem(path: str, flag: str) -> str | None:
     """Why the Flax module ``path`` (package.module:Name) cannot be a network of
-    ``--dataset``'s images, or None: it must import, build, and map a batch of them to one
-    logit per class (checked on shapes only, nothing is computed)."""
-    import jax
-    import jax.numpy as jnp
+    ``--dataset``'s images, or None: it must import, build, and give one logit per class
+    (:func:`mct_jax.models.flax_module.check_outputs`, on shapes)."""
     size, classes = data.IMAGE_SIZE[FLAGS.dataset], data.NUM_CLASSES[FLAGS.dataset]
     shape = (size, size, data.CHANNELS[FLAGS.dataset])
     try:
-        model = models.from_module_path(path, shape, classes)
-        params = jax.eval_shape(model.init, jax.random.key(0))
-        out = jax.eval_shape(model.apply, params, jax.ShapeDtypeStruct((2,) + shape,
-                                                                      jnp.float32))
+        flax_module.check_outputs(models.from_module_path(path, shape, classes), shape,
+                                  classes, path)
     except Exception as e:   # noqa: BLE001 -- any failure to build is the user's to fix
         return f'{flag}: {e}'
-    if getattr(out, 'shape', None) != (2, classes):
-        got = getattr(out, 'shape', type(out).__name__)
-        return (f'{flag}: {path} maps a batch of 2 {shape} images to {got}, not (2, '
-                f'{classes}), one logit per class of {FLAGS.dataset}; give it {classes} '
-                'outputs (a num_classes field is filled in).')
     return None
 
 

@@ -97,22 +97,22 @@ def architectures(ds, syn, choices: Choices, protocol: ranking.Protocol):
     each lr is ``eval_lrs``' entry, else the set's learned lr; ``convnet`` is the ConvNet of
     the set's width, depth and norm (the protocol's width when it fixes one); a set
     distilled with a Flax module is evaluated on it by its import path."""
-    built, lrs, keys = {}, {}, {}
+    built, lrs, cache_keys = {}, {}, {}
     width = protocol.convnet_width or choices.model_config['width']
     for raw in choices.models:
         name = raw if ':' in raw else models.canonical_name(raw)
-        keys[name] = {'name': name}
+        cache_keys[name] = {'name': name}
         if ':' in name:      # a user's Flax module, package.module:Name
             built[name] = models.from_module_path(name, ds.image_shape, ds.num_classes)
         elif name == 'convnet':
             config = dict(choices.model_config, width=width, model='convnet')
             built[name] = models.from_config(config)
-            keys[name].update({k: config[k] for k in ('width', 'depth', 'norm')})
+            cache_keys[name].update({k: config[k] for k in ('width', 'depth', 'norm')})
         else:
             built[name] = models.get(name, ds.image_shape, ds.num_classes,
                                      choices.model_config['width'])
         lrs[name] = choices.eval_lrs.get(name, choices.eval_lrs.get('*', float(syn['lr'])))
-    return built, lrs, keys
+    return built, lrs, cache_keys
 
 
 def selection(path: str, syn: dict) -> str:

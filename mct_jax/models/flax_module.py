@@ -77,6 +77,19 @@ def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
                  init_stats=init_stats, apply_stats=apply_stats)
 
 
+def check_outputs(model: Model, input_shape, num_classes: int, name: str) -> None:
+    """Raises ``ValueError`` unless ``model`` maps a batch of ``input_shape`` images to one
+    logit per class; on shapes only, nothing is computed."""
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    out = jax.eval_shape(model.apply, params,
+                         jax.ShapeDtypeStruct((2, *input_shape), jnp.float32))
+    if getattr(out, 'shape', None) != (2, num_classes):
+        got = getattr(out, 'shape', type(out).__name__)
+        raise ValueError(f'{name} maps a batch of 2 {tuple(input_shape)} images to {got}, not '
+                         f'(2, {num_classes}), one logit per class; give it {num_classes} '
+                         'outputs (a num_classes field is filled in).')
+
+
 def from_path(path: str, num_classes: int):
     """The Flax module ``package.module:Name`` names: a ``flax.linen.Module`` class, built
     with ``num_classes=`` when it has that field (else with no arguments), or an instance.
