@@ -19,7 +19,10 @@ Stages, in order of importance; each runs only if the time left (``--budget_s``,
    style);
 5. ``expert``: expert training throughput (images/s, batch 256, in one gradient pass and in
    passes of 64 and 16 images);
-6. ``evaluate``: five evaluation networks vmapped against one after another.
+6. ``evaluate``: five evaluation networks vmapped against one after another;
+7. ``conv``: the reference architectures' convolution as ``lax.conv_general_dilated`` and as
+   im2col (``bench_conv.py``), the measurement :data:`mct_jax.models.layers.CONV_FORM_BY_BACKEND`
+   is chosen from.
 
 Synthetic data of CIFAR-10's shapes: nothing is downloaded. Writes ``gpu_check.json`` and
 ``gpu_check.md`` to ``--out``.
@@ -50,7 +53,7 @@ FULL = dict(width=128, image=32, classes=10, configs=[(10, 30), (50, 30), (1, 50
                              'no_retrace and not residual_plan and not test_the_test_set and '
                              'not without_a_validation and not teacher_labels_and'])
 DRY = dict(width=8, image=16, classes=10, configs=[(1, 2)], repeats=1, matmul=256,
-           expert_images=512, eval_epochs=2, eval_ipc=1, nets=2,
+           expert_images=512, eval_epochs=2, eval_ipc=1, nets=2, conv_networks=('lenet',),
            tests=['tests/test_trajectory.py'], test_args=[])
 METHODS = [('forward', False), ('reverse', False), ('tesla', False), ('forward', True),
            ('reverse', True), ('tesla', True)]
@@ -253,6 +256,15 @@ def evaluation(cfg) -> dict:
     return out
 
 
+def conv_forms(cfg) -> dict:
+    """The reference architectures' two convolution forms (``bench_conv.py``)."""
+    import jax
+    from benchmarks import bench_conv
+    results = {'machine': {'backend': jax.default_backend()},
+               'rows': bench_conv.measure(3, 2, networks=cfg['conv_networks'])}
+    return dict(results, faster=bench_conv.choice(results), table=bench_conv.table(results))
+
+
 def markdown(report: dict) -> str:
     env = report.get('environment', {})
     lines = ['# mct_jax GPU check', '',
@@ -304,6 +316,9 @@ def markdown(report: dict) -> str:
                       f"{v['images']} images: vmapped {v['vmapped']['seconds']:.2f} s, one "
                       f"after another {v['one_after_another']['seconds']:.2f} s "
                       f"(ratio {v['vmapped_over_loop']:.2f})."]
+    c = report.get('conv')
+    if c and 'skipped' not in c:
+        lines += ['', '## The reference architectures\' convolution', '', c['table'].rstrip()]
     skipped = report.get('skipped', [])
     if skipped:
         lines += ['', 'Skipped for the budget: ' + ', '.join(skipped) + '.']
@@ -370,7 +385,8 @@ def main(argv=None) -> dict:
         except Exception as e:   # noqa: BLE001 -- no torch, or out of memory: recorded
             report['pytorch'].append(dict(row, skipped=f'{type(e).__name__}: {e}'[:300]))
         save()
-    for name, fn, estimate in (('expert', expert_throughput, 15), ('evaluate', evaluation, 40)):
+    for name, fn, estimate in (('expert', expert_throughput, 15), ('evaluate', evaluation, 40),
+                               ('conv', conv_forms, 60)):
         if name in skip or not budget.allows(estimate):
             report[name] = {'skipped': 'budget'}
             report['skipped'].append(name)

@@ -173,41 +173,40 @@ def test_a_flax_student_gives_the_meta_gradient_of_finite_differences():
                                            ('instancenorm', 'sigmoid', 'none')])
 def test_the_flax_convnet_is_the_convnet(norm, act, pool):
     """The Flax twin of the ConvNet gives conv_net.apply's logits (float64) from the same
-    parameters, moved between the two layouts and back unchanged."""
-    from mct_jax.models import conv_net, flax_convnet
+    parameters, in both convolution forms."""
+    from mct_jax.models import conv_net
+    from mct_jax.models.architectures.convnet import ConvNet
     with jax.enable_x64(True):
         params = conv_net.init(jax.random.key(0), (8, 8, 3), 5, width=6, depth=2, norm=norm,
                                pool=pool, dtype=jnp.float64)
         params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1),
                                                                       a.shape, a.dtype), params)
         x = jax.random.normal(jax.random.key(2), (4, 8, 8, 3), jnp.float64)
-        net = flax_convnet.ConvNet(num_classes=5, width=6, depth=2, norm=norm, act=act,
-                                   pool=pool)
-        got = net.apply({'params': flax_convnet.to_flax(params)}, x)
         want = conv_net.apply(params, x, act, pool)
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-        back = flax_convnet.from_flax_params(flax_convnet.to_flax(params))
-        assert jax.tree.structure(back) == jax.tree.structure(params)
+        for form in ('im2col', 'lax'):
+            net = ConvNet(num_classes=5, width=6, depth=2, norm=norm, act=act, pool=pool,
+                          conv=form)
+            np.testing.assert_allclose(net.apply({'params': params}, x), want, rtol=1e-10,
+                                       atol=1e-12)
 
 
 def test_the_flax_convnet_draws_as_the_convnet():
-    """Its parameters have the ConvNet's shapes (320,010 at CIFAR-10 size, the count the
-    reference's ConvNet has) and PyTorch's initial ranges: |w|, |b| <= 1/sqrt(fan_in), norm
+    """Its parameters are the ConvNet's pytree (320,010 at CIFAR-10 size, the count the
+    reference's ConvNet has) with PyTorch's initial ranges: |w|, |b| <= 1/sqrt(fan_in), norm
     scale 1 and shift 0."""
-    from mct_jax.models import conv_net, flax_convnet
-    net = flax_convnet.ConvNet(num_classes=10)
-    drawn = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+    from mct_jax.models import conv_net
+    from mct_jax.models.architectures.convnet import ConvNet
+    drawn = ConvNet(num_classes=10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
     pure = conv_net.init(jax.random.key(0), (32, 32, 3), 10)
     assert models.num_params(drawn) == 320_010
-    assert (jax.tree.map(jnp.shape, flax_convnet.from_flax_params(drawn))
-            == jax.tree.map(jnp.shape, pure))
+    assert jax.tree.map(jnp.shape, drawn) == jax.tree.map(jnp.shape, pure)
     for name, p in drawn.items():
-        if 'kernel' in p:
-            bound = 1 / np.sqrt(np.prod(p['kernel'].shape[:-1]))
-            for leaf in (p['kernel'], p['bias']):
+        if 'w' in p:
+            bound = 1 / np.sqrt(np.prod(p['w'].shape[:-1]))
+            for leaf in (p['w'], p['b']):
                 assert float(jnp.max(jnp.abs(leaf))) <= bound
             # not a narrower range (thousands of draws reach the bound's last 10 %)
-            assert float(jnp.max(jnp.abs(p['kernel']))) > 0.9 * bound
+            assert float(jnp.max(jnp.abs(p['w']))) > 0.9 * bound
         else:
             np.testing.assert_array_equal(p['scale'], 1)
             np.testing.assert_array_equal(p['bias'], 0)

@@ -53,6 +53,7 @@ def test_the_results_file_holds_what_the_sentences_need():
     ('bench_ddranking', 'bench_ddranking.json'),
     ('bench_distill', 'bench_distill.json'),
     ('bench_distill', 'bench_distill_devices.json'),
+    ('bench_conv', 'bench_conv.json'),
 ])
 def test_benchmark_tables_in_the_docs_are_those_of_their_results(script, results):
     """docs/benchmarks.md holds each table exactly as ``python benchmarks/SCRIPT.py

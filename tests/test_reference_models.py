@@ -79,3 +79,37 @@ def test_the_evaluator_trains_a_batch_norm_network_and_tests_with_its_statistics
     again = evaluator(jax.random.key(1), x, y, jnp.float32(0.05), ((x, y),))
     np.testing.assert_array_equal(acc, again)
     assert math.isclose(float(acc.mean()), float(again.mean()))
+
+
+@pytest.mark.parametrize('name,shape', [('lenet', (28, 28, 1)), ('alexnet', (32, 32, 1)),
+                                        ('resnet18_ap', (16, 16, 3)),
+                                        ('resnet18_bn', (64, 64, 3))])
+def test_both_convolution_forms_give_the_same_logits(name, shape):
+    """im2col and lax.conv_general_dilated (float64) agree on every stride, padding and kernel
+    size the architectures use: 5x5 unpadded, the 1-channel extra padding, 1x1 strided
+    shortcuts, the stride-2 stem at 64x64."""
+    with jax.enable_x64(True):
+        a, b = (models.get(name, shape, 10, conv=form) for form in ('im2col', 'lax'))
+        params = jax.tree.map(lambda v: v.astype(jnp.float64), a.init(jax.random.key(0)))
+        x = jax.random.normal(jax.random.key(1), (2,) + shape, jnp.float64)
+        np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_an_unknown_convolution_form_is_refused():
+    with pytest.raises(ValueError, match="convolution form 'fft'.*im2col"):
+        models.get('lenet', (32, 32, 3), 10, conv='fft').init(jax.random.key(0))
+
+
+def test_a_registered_architecture_is_built_by_name():
+    """An architecture is one registration: get() builds it by its name and its aliases."""
+    from mct_jax.models import registry
+    from mct_jax.models.architectures.mlp import MLP
+    name = 'test_tiny_mlp'
+    if name not in registry.names():
+        registry.register(name, lambda shape, classes, width, depth, conv: models.from_flax(
+            MLP(classes), shape), aliases=('tinymlp',))
+    m = models.get('TinyMLP', (4, 4, 1), 3)
+    assert m.apply(m.init(jax.random.key(0)), jnp.zeros((5, 4, 4, 1))).shape == (5, 3)
+    with pytest.raises(ValueError, match='registered twice'):
+        registry.register(name, None)

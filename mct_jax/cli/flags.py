@@ -218,10 +218,10 @@ flags.DEFINE_enum('export_names', 'mct_jax', ['mct_jax', 'reference'], 'File nam
                   '--export: mct_jax (images.pt, labels.pt, lr.pt) or reference (the MTT '
                   "family's images_best.pt, labels_best.pt, and DATM's lr_best.pt).")
 flags.DEFINE_list('models', None, 'Cross-architecture evaluation of --synthetic: these '
-                  'architectures (convnet = the set\'s own ConvNet, convnet_bn, convnet_nn, mlp, '
-                  'lenet, alexnet, vgg11, vgg11_bn, resnet18, resnet18_bn, resnet18_ap, '
-                  'resnet18_bn_ap, or a Flax module as package.module:Name), --num_eval '
-                  'networks each; writes a table, JSON and a bar chart to --report_dir.')
+                  "architectures (convnet = the set's own ConvNet, "
+                  + ', '.join(models.ARCHITECTURES[1:]) + ', or a Flax module as '
+                  'package.module:Name), --num_eval networks each; writes a table, JSON and '
+                  'a bar chart to --report_dir.')
 flags.DEFINE_list('eval_lr', None, 'Learning rate of the evaluation networks: unset = the '
                   "set's learned lr (the reference); one number for every architecture; or "
                   'name=lr pairs (e.g. alexnet=0.01,vgg11=0.01), the others learned.')

@@ -58,12 +58,10 @@ def from_flax(module, input_shape, *, train_arg: str = 'train') -> Model:
     if not takes_train:
         raise ValueError(f'{name} has batch statistics but no {train_arg!r} argument to switch '
                          'between batch and running statistics; add one (or pass train_arg=).')
-    # Running statistics start where the module initialises them (nn.BatchNorm: mean 0,
-    # variance 1), whatever the key.
-    start = module.init(jax.random.key(0), x0, **mode(False))['batch_stats']
-
     def init_stats():
-        return jax.tree.map(jnp.array, start)
+        # Where the module starts them (nn.BatchNorm: mean 0, variance 1), whatever the key;
+        # inside a traced function the forward pass init runs is dead code, removed.
+        return module.init(jax.random.key(0), x0, **mode(False))['batch_stats']
 
     def apply_stats(params, stats, x, train):
         variables = {'params': params, 'batch_stats': stats}
