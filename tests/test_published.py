@@ -169,3 +169,16 @@ def test_reproduction_table_is_that_of_its_results_file():
                f'{runs["mtt"]["converged_at"]} / {runs["mct"]["converged_at"]} | '
                f'{runs["mtt"]["spread_std"]:.2f} / {runs["mct"]["spread_std"]:.2f} |')
         assert row in doc, row
+
+
+def test_evaluation_results_are_those_of_their_results_files():
+    """docs/evaluation_results.md quotes experiments/results/evaluation_results.json and the
+    study's cross-architecture file as ``experiments/evaluation_results.py --markdown``
+    formats them."""
+    import evaluation_results
+    with open(evaluation_results.OUT) as f, open(evaluation_results.CROSS) as g:
+        expected = evaluation_results.paragraphs(json.load(f), json.load(g))
+    doc = _read('docs/evaluation_results.md')
+    missing = [p for p in expected if _flat(p) not in _flat(doc)]
+    assert not missing, ('docs/evaluation_results.md differs from its results; paste python '
+                         'experiments/evaluation_results.py --markdown:\n' + '\n'.join(missing))
