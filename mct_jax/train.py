@@ -27,9 +27,8 @@ from mct_jax.data import preprocess
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 # Images per forward pass when predicting: half the training batch, so that testing needs
-# less memory than a training step (temporaries at width 128, CIFAR: 2.4 GB for chunks of
-# 1,000 images, 0.64 GB for 256, 0.33 GB for 128; docs/benchmarks.md); by backend where
-# measured otherwise (docs/benchmarks.md#gradient-passes).
+# less memory than a training step; by backend where measured otherwise (the measurements:
+# docs/benchmarks.md#gradient-passes).
 PREDICT_BATCH = 128
 PREDICT_BATCH_BY_BACKEND = {'cpu': 16}
 

@@ -57,8 +57,8 @@ def main(argv):
 
 
 # XLA:CPU's concurrency-optimised scheduler keeps more feature maps alive at once so that
-# independent operations may overlap; for the expert training step it bought no speed and
-# cost 100 MB at width 128 (docs/benchmarks.md). Other backends ignore the flag.
+# independent operations may overlap; for the expert training step it buys no speed and
+# costs memory (docs/benchmarks.md, "Real dataset sizes"). Other backends ignore the flag.
 XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 
 
