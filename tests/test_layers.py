@@ -30,18 +30,17 @@ def _is_command(name):
 
 
 def _imports(tree, modules, top_level_only=False):
-    """Package modules a tree imports (``from mct_jax import x`` counts as mct_jax.x, and as
-    mct_jax itself when x is not a module)."""
+    """Package modules a tree imports. ``from mct_jax.models import layers`` counts as both
+    mct_jax.models.layers and mct_jax.models: Python runs the package's ``__init__`` to
+    resolve the name, so a module inside the package that imports its siblings this way
+    depends on the package facade (a cycle when the facade imports it)."""
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            # ``from package import submodule`` depends on the submodule; importing any
-            # other name depends on the package's __init__ itself.
-            subs = [f'{node.module}.{a.name}' for a in node.names]
-            names = subs + ([node.module] if any(n not in modules for n in subs) else [])
+            names = [f'{node.module}.{a.name}' for a in node.names] + [node.module]
         else:
             continue
         found |= {n for n in names if n in modules}

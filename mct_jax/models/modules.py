@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mct_jax.models import layers
+import mct_jax.models.layers as layers
 
 
 class Conv(nn.Module):

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from mct_jax.models import conv_net, conv_net_grad, flax_module, modules, registry
+import mct_jax.models.conv_net as conv_net
+import mct_jax.models.conv_net_grad as conv_net_grad
+import mct_jax.models.flax_module as flax_module
+import mct_jax.models.modules as modules
+import mct_jax.models.registry as registry
 from mct_jax.models.model import Model
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from mct_jax.models import flax_module, layers, modules, registry
+import mct_jax.models.flax_module as flax_module
+import mct_jax.models.layers as layers
+import mct_jax.models.modules as modules
+import mct_jax.models.registry as registry
 
 
 class LeNet(nn.Module):

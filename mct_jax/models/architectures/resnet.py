@@ -18,7 +18,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mct_jax.models import flax_module, layers, modules, registry
+import mct_jax.models.flax_module as flax_module
+import mct_jax.models.layers as layers
+import mct_jax.models.modules as modules
+import mct_jax.models.registry as registry
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))   # (channels, stride of the first block)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from mct_jax.models import flax_module, layers, modules, registry
+import mct_jax.models.flax_module as flax_module
+import mct_jax.models.layers as layers
+import mct_jax.models.modules as modules
+import mct_jax.models.registry as registry
 
 CONFIG_A = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')
 
