@@ -46,12 +46,16 @@ def test_rollout_matches_python_loop(use_dsa, batch):
     k_idx, k_aug = jax.random.split(key)
     idx = rollout.step_indices(k_idx, 8, batch, 5)
     theta = start
-    for t in range(5):
+
+    @jax.jit      # one step as one program, not an eager dispatch per operation
+    def step(theta, t):
         xb, yb = images[idx[t]], labels[idx[t]]
         if use_dsa:
             xb = augment.dsa(jax.random.fold_in(k_aug, t), xb)
         g = jax.grad(lambda p: train.cross_entropy(m.apply(p, xb), yb))(theta)
-        theta = jax.tree.map(lambda p, g: p - 0.1 * g, theta, g)
+        return jax.tree.map(lambda p, g: p - 0.1 * g, theta, g)
+    for t in range(5):
+        theta = step(theta, t)
     assert_trees_close(got, theta, rtol=1e-5, atol=1e-6)
 
 
