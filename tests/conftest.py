@@ -41,6 +41,21 @@ def run_command(module, *args, devices=2, check=True, cwd=REPO, timeout=600, **e
     return proc
 
 
+@pytest.fixture
+def parse_flags():
+    """``parse(*args)`` parses command-line flags (every flag of :mod:`mct_jax.cli.flags`)
+    into absl's global ``FLAGS`` and returns it, so that a command's own checks and steps
+    run in the test's process without starting one; the defaults come back afterwards."""
+    from mct_jax.cli import flags as cli_flags
+
+    def parse(*args):
+        cli_flags.FLAGS.unparse_flags()
+        cli_flags.FLAGS(['prog', *args])
+        return cli_flags.FLAGS
+    yield parse
+    cli_flags.FLAGS.unparse_flags()
+
+
 def last_json(proc):
     """The JSON a command printed last (every entry point ends with one)."""
     import json

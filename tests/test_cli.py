@@ -291,9 +291,21 @@ def _check_run_outputs(run):
     (['--anchors=0,5,3'], 'strictly increasing'),
     (['--anchors=0,2'], 'must start at 0 and end'),
 ])
-def test_expert_command_reports_bad_input(args, message, tmp_path):
-    proc = run_command('expert', *TINY, f'--expert_dir={tmp_path}', *args, check=False)
-    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+def test_expert_command_reports_bad_input(args, message, tmp_path, parse_flags):
+    """The expert command's steps, in this process, stop at the bad input with its message
+    (an unknown choice already when the flags are parsed) and write nothing."""
+    from absl import flags
+    from mct_jax.expert import __main__ as expert_command
+    with pytest.raises((ValueError, data.DataError, flags.Error), match=message):
+        parse_flags(*TINY, f'--expert_dir={tmp_path}/experts', *args)
+        expert_command.main(['prog'])
+    assert not os.path.exists(tmp_path / 'experts')
+
+
+def test_the_expert_command_prints_a_data_error_without_a_traceback(tmp_path):
+    proc = run_command('expert', *TINY, f'--expert_dir={tmp_path}', '--dataset=cifar10',
+                       '--data_source=npz', '--data_dir=/nonexistent', check=False)
+    assert proc.returncode == 2 and 'does not exist' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
 
 

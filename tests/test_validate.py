@@ -19,13 +19,9 @@ BASE = ['--dataset=digits', '--width=8', '--train_images_per_class=10', '--num_e
 
 
 @pytest.fixture
-def parse():
-    """Parses flags into the global FLAGS for one test, restoring defaults afterwards."""
-    def do(*args):
-        FLAGS.unparse_flags()
-        FLAGS(['prog', *BASE, *args])
-    yield do
-    FLAGS.unparse_flags()
+def parse(parse_flags):
+    """Parses :data:`BASE` and ``args`` into the global FLAGS for one test."""
+    return lambda *args: parse_flags(*BASE, *args)
 
 
 def _experts(folder, complete=True, **overrides):
@@ -253,11 +249,20 @@ def test_command_line_lists_problems_before_loading(tmp_path):
     assert 'Traceback' not in proc.stderr and 'Loading' not in proc.stderr
 
 
-@pytest.mark.parametrize('flag,choices', [('--labels=soft', 'hard|teacher|learned'),
-                                          ('--image_optimizer=rmsprop', 'sgd|adam'),
-                                          ('--image_init=zeros', 'real|noise|correct'),
-                                          ('--meta_grad=approx', 'forward|reverse|tesla')])
-def test_a_choice_outside_its_list_is_named_with_the_list(flag, choices):
+CHOICES = [('--labels=soft', 'hard|teacher|learned'), ('--image_optimizer=rmsprop', 'sgd|adam'),
+           ('--image_init=zeros', 'real|noise|correct'),
+           ('--meta_grad=approx', 'forward|reverse|tesla')]
+
+
+@pytest.mark.parametrize('flag,choices', CHOICES)
+def test_a_choice_outside_its_list_is_named_with_the_list(flag, choices, parse_flags):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse_flags('--dataset=digits', flag)
+    assert flag.split('=')[0] in str(error.value) and choices in str(error.value)
+
+
+def test_the_command_names_a_choice_outside_its_list():
+    flag, choices = CHOICES[0]
     proc = _cli('distill', '--dataset=digits', flag)
     assert proc.returncode != 0 and flag.split('=')[0] in proc.stderr
     assert choices in proc.stderr, proc.stderr[-1000:]
