@@ -295,3 +295,26 @@ def test_rule_tables_name_real_settings_and_refuse_nan():
     assert rules.problems({'lr_teacher': float('nan'), 'num_experts': 1, 'train_epochs': 1,
                            'batch_train': 1, 'microbatch': None}, expert.RULES) == [
         '--lr_teacher=nan must be positive.']
+
+
+def test_every_distillation_setting_is_a_flag_with_its_default_and_choices():
+    """The command line defines its distillation flags from distill.Settings, so the two
+    cannot drift apart: same names, defaults (start_sampling aside: chosen from --method when
+    unset), choices and help."""
+    from mct_jax import distill
+    for name in distill.Settings._fields:
+        flag = FLAGS[name]
+        if name not in ('lr_teacher', 'seed', 'start_sampling'):
+            assert flag.default == distill.Settings._field_defaults[name], name
+            assert flag.help.endswith(distill.HELP[name]), name   # enums: '<a|b>: ' first
+        if name in distill.CHOICES:
+            assert list(flag.parser.enum_values) == list(distill.CHOICES[name]), name
+    assert FLAGS['start_sampling'].default is None
+
+
+def test_a_library_setting_outside_its_choices_is_named_with_the_list():
+    from mct_jax import distill, rules
+    assert rules.problems(distill.Settings(method='mttt', image_init=None), distill.RULES) == [
+        '--method=mttt is not one of mct, mtt.']
+    assert rules.problems(distill.Settings(image_init='zeros'), distill.RULES) == [
+        '--image_init=zeros is not one of real, noise, correct.']

@@ -4,18 +4,19 @@ This module and the rest of :mod:`mct_jax.cli` are the only code that reads ``FL
 library takes plain values. All entry points (``python -m mct_jax.expert``,
 ``mct_jax.distill``, ``mct_jax.evaluate``) import it, so one preset flagfile
 (``experiments/*.cfg``) serves every command and a flag means the same thing everywhere. The
-distillation flags keep the reference MTT code's names (``--ipc --syn_steps
---expert_epochs ...``). ``docs/flags.md`` lists them all.
+distillation flags are the fields of :class:`mct_jax.distill.Settings`, defined from their
+type, default, choices and help (:mod:`mct_jax.distill.settings`); they keep the reference
+MTT code's names (``--ipc --syn_steps --expert_epochs ...``). ``docs/flags.md`` lists them all.
 """
 
 from __future__ import annotations
 
 import os
+import typing
 
 from absl import flags, logging
 
-from mct_jax import data, distill, evaluate, expert_store, models, monitor, rollout, trajectory
-from mct_jax import labels as soft_labels
+from mct_jax import data, distill, evaluate, expert_store, models, monitor, trajectory
 
 FLAGS = flags.FLAGS
 
@@ -104,108 +105,31 @@ flags.DEFINE_integer('microbatch', None, 'Images per gradient pass of expert tra
                      'Default: 16 on CPU, where it is also faster, the whole batch on other '
                      'backends (docs/benchmarks.md#gradient-passes).')
 
-# ---- distillation (python -m mct_jax.distill): defaults are distill.Settings'
-_D = distill.Settings._field_defaults
-flags.DEFINE_enum('method', _D['method'], ['mct', 'mtt'], 'mct: continuous starts on convexified '
-                  'trajectories; mtt: integer starts on full trajectories.')
-flags.DEFINE_integer('ipc', _D['ipc'], 'Synthetic images per class.')
+# ---- distillation (python -m mct_jax.distill): every field of distill.Settings is a flag of
+# the same name, with the field's type, default, choices and help (mct_jax.distill.settings).
+_SHARED = ('lr_teacher', 'seed')            # defined above, with expert training
+_FLAG_DEFAULTS = {'start_sampling': None}   # unset: continuous for mct, integer for mtt
+_DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def _define_setting(name: str) -> None:
+    default = _FLAG_DEFAULTS.get(name, distill.Settings._field_defaults[name])
+    if name in distill.CHOICES:
+        flags.DEFINE_enum(name, default, list(distill.CHOICES[name]), distill.HELP[name])
+        return
+    hint = typing.get_type_hints(distill.Settings)[name]
+    kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    _DEFINE[kind](name, default, distill.HELP[name])
+
+
+for _name in distill.Settings._fields:
+    if _name not in _SHARED:
+        _define_setting(_name)
 flags.DEFINE_float('lr_syn_init', None, 'Initial learned student lr (the reference syn_lr '
                    'init); default --lr_teacher. Lets one flagfile train experts at lr_teacher '
                    'and start the learned lr elsewhere.')
-flags.DEFINE_integer('syn_steps', _D['syn_steps'], 'N: student SGD steps per iteration.')
-flags.DEFINE_float('expert_epochs', _D['expert_epochs'],
-                   'M: target = expert at start + M epochs (MCT allows '
-                   'fractions).')
-flags.DEFINE_float('max_start_epoch', _D['max_start_epoch'],
-                   'Starts are drawn from [0, max_start_epoch] (MCT, '
-                   'real) or [0, max_start_epoch) (MTT, integer).')
-flags.DEFINE_integer('batch_syn', _D['batch_syn'],
-                     'Synthetic images per student step (0: all of them).')
-flags.DEFINE_float('lr_img', _D['lr_img'],
-                   'Learning rate of the synthetic images (SGD, momentum 0.5).')
-flags.DEFINE_float('lr_lr', _D['lr_lr'],
-                   'Learning rate of the learned student lr (SGD, momentum 0.5).')
-flags.DEFINE_integer('iterations', _D['iterations'], 'Distillation iterations.')
-flags.DEFINE_integer('eval_every', _D['eval_every'],
-                     'Evaluate, save and checkpoint every this many iterations.')
-flags.DEFINE_integer('num_eval', _D['num_eval'], 'Networks trained per evaluation.')
-flags.DEFINE_integer('eval_epochs', _D['eval_epochs'],
-                     'Epochs per evaluation network (the reference uses 1000).')
 flags.DEFINE_string('out_dir', None, 'Results folder. Default runs/<dataset>/<method>_ipc<ipc>.')
-flags.DEFINE_enum('meta_grad', _D['meta_grad'], rollout.METHODS,
-                  'How the meta-gradient is computed. forward = the exact gradient, each '
-                  "step's Hessian-vector products in forward mode through a custom VJP, memory "
-                  'bounded by --residual_budget_gb (fastest); reverse = the same gradient by '
-                  'jax.grad through the scan, as the reference; tesla = the constant-memory '
-                  'approximation of TESLA and the MCT release (not the exact gradient).')
-flags.DEFINE_boolean('remat', _D['remat'], 'Recompute each student step in the backward pass: the '
-                     'same gradient with memory flat in N. Reverse: instead of keeping its '
-                     'activations; forward: instead of storing its residuals (see '
-                     '--residual_budget_gb).')
-flags.DEFINE_float('residual_budget_gb', _D['residual_budget_gb'],
-                   'Forward method: store each student step\'s '
-                   'residuals (the backward pass\'s cotangents, about a third of a first-block '
-                   'feature map per image), which is faster, '
-                   'while those of the N steps take at most this many GB per device; else '
-                   'recompute each step. 0: always recompute.')
-flags.DEFINE_boolean('dsa', _D['dsa'], 'DSA augmentation in the student steps and evaluation.')
-flags.DEFINE_enum('beta_mode', _D['beta_mode'], ['steps', 'uniform', 'projected'],
-                  'MCT betas: steps (eq. 9), uniform (t/K) or projected (one global beta).')
-flags.DEFINE_enum('start_sampling', None, ['continuous', 'integer'],
-                  'Start epochs: default continuous for mct, integer for mtt.')
-flags.DEFINE_integer('max_experts', _D['max_experts'], 'Use only the first this many experts.')
-flags.DEFINE_integer('num_samples', _D['num_samples'],
-                     '(expert, start) pairs per iteration, their rollouts '
-                     'run in parallel (vmap) and their losses averaged; 1 is the reference.')
-flags.DEFINE_enum('on_fault', _D['on_fault'], ['skip', 'stop'],
-                  'On a non-finite loss or gradient, or '
-                  'a non-positive learned lr: skip that update, or stop the run.')
-
-# ---- the toolbox around MCT: labels, start window, the authors' options
-flags.DEFINE_enum('labels', _D['labels'], soft_labels.KINDS, 'Labels of the synthetic '
-                  'set: hard classes (MTT, MCT); teacher = fixed soft labels from an expert\'s '
-                  'logits (the MCT release, TESLA); learned = logits learned with the images, '
-                  'initialised from the experts, images drawn among those an expert '
-                  'classifies correctly (DATM).')
-flags.DEFINE_float('label_epoch', _D['label_epoch'],
-                   'Expert epoch whose parameters label (and choose '
-                   'correctly classified images). Default: --max_start_epoch for teacher '
-                   'labels (the MCT release), the last epoch for learned ones (DATM).')
-flags.DEFINE_integer('label_expert', _D['label_expert'],
-                     'The expert of teacher labels and of --image_init='
-                     'correct (learned labels average every expert).')
-flags.DEFINE_float('label_temperature', _D['label_temperature'],
-                   'Teacher labels: softmax(logits / T).')
-flags.DEFINE_float('lr_labels', _D['lr_labels'],
-                   'Learned labels: SGD learning rate of the label logits '
-                   "(DATM's lr_y: 2 for CIFAR-10 ipc 10 and 50, 5 at ipc 1, 10 elsewhere).")
-flags.DEFINE_float('labels_momentum', _D['labels_momentum'],
-                   'Learned labels: SGD momentum (DATM: 0.9).')
-flags.DEFINE_float('min_start_epoch', _D['min_start_epoch'],
-                   'Starts are drawn at or above this epoch '
-                   "(DATM's difficulty-aligned window).")
-flags.DEFINE_float('max_start_epoch_final', _D['max_start_epoch_final'],
-                   'Grow the starts\' upper bound linearly '
-                   'from --max_start_epoch to this over --window_iterations iterations '
-                   '(DATM); unset: a fixed window.')
-flags.DEFINE_integer('window_iterations', _D['window_iterations'],
-                     'Iterations over which the upper bound grows to '
-                     "--max_start_epoch_final (DATM's expansion_end_epoch).")
-flags.DEFINE_enum('image_optimizer', _D['image_optimizer'], distill.IMAGE_OPTIMIZERS,
-                  'Optimiser of the images: SGD '
-                  'with momentum 0.5 (the reference) or Adam (the MCT release\'s option).')
-flags.DEFINE_integer('lr_img_decay_every', _D['lr_img_decay_every'],
-                     'Multiply --lr_img by --lr_img_decay_rate every '
-                     'this many updates (the MCT release\'s --lr_decay: 2000); 0: never.')
-flags.DEFINE_float('lr_img_decay_rate', _D['lr_img_decay_rate'],
-                   'Factor of each --lr_img_decay_every step.')
-flags.DEFINE_boolean('freeze_lr', _D['freeze_lr'],
-                     'Keep the student lr at its initial value instead '
-                     "of learning it (the MCT release's --mute_syn_lr).")
-flags.DEFINE_enum('image_init', _D['image_init'], distill.IMAGE_INITS, 'Initial images: random '
-                  'real ones of each class, N(0, 1) noise (the MCT release\'s pix_init=noise), '
-                  'or real ones the labelling expert classifies correctly. Default: correct '
-                  'with --labels=learned, else real.')
 
 # ---- evaluation (python -m mct_jax.evaluate)
 flags.DEFINE_string('synthetic', None, 'Folder of a distillation run (or an .npz) to evaluate.')
@@ -458,7 +382,8 @@ def glossary() -> str:
     """``docs/flags.md``: every flag of this module with its default and help, in order of
     definition (``tests/test_cli.py`` checks that the file equals this)."""
     lines = ['# Flags', '',
-             'Every command accepts every flag (defined once, in `mct_jax/cli/flags.py`); a flag '
+             'Every command accepts every flag (defined once, in `mct_jax/cli/flags.py`; the '
+             'distillation flags from `mct_jax/distill/settings.py`); a flag '
              'a command does not use is ignored by it. `python -m mct_jax.distill --helpfull` '
              'prints the same. This page is generated: `python -c "from mct_jax.cli import '
              'flags; print(flags.glossary(), end=\'\')" > docs/flags.md`.', '',

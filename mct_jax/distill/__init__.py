@@ -29,7 +29,6 @@ import functools
 import math
 import threading
 import time
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,87 +39,9 @@ from absl import logging
 from mct_jax import checkpoint, data, evaluate, host, keys, monitor, parallel, rollout, rules
 from mct_jax import trajectory
 from mct_jax import labels as soft_labels
-from mct_jax.rules import Rule
+from mct_jax.distill.settings import (CHOICES, HELP, IMAGE_INITS, IMAGE_OPTIMIZERS,  # noqa: F401
+                                     RULES, TOOLBOX_DEFAULTS, Settings)
 from mct_jax.run_folder import RunFolder
-
-
-class Settings(NamedTuple):
-    """Distillation hyperparameters (the reference MTT names)."""
-    method: str = 'mct'
-    ipc: int = 10
-    syn_steps: int = 20
-    expert_epochs: float = 2.0
-    max_start_epoch: float = 10.0
-    batch_syn: int = 0            # 0: all synthetic images every step
-    lr_img: float = 1000.0
-    lr_lr: float = 1e-5
-    lr_teacher: float = 0.01      # the initial learned lr (--lr_syn_init, else --lr_teacher)
-    iterations: int = 200
-    eval_every: int = 50
-    num_eval: int = 5
-    eval_epochs: int = 300
-    remat: bool = False
-    meta_grad: str = 'forward'    # 'forward' (forward-over-reverse) or 'reverse'
-    residual_budget_gb: float = 4.0   # forward: residuals stored per device, else recomputed
-    dsa: bool = True
-    beta_mode: str = 'steps'
-    start_sampling: str = 'continuous'
-    max_experts: int | None = None
-    on_fault: str = 'skip'
-    num_samples: int = 1          # (expert, start) pairs per iteration, averaged
-    seed: int = 0
-    # -- the toolbox around MCT (defaults: MTT's and MCT's reference behaviour)
-    labels: str = 'hard'          # 'hard', 'teacher' or 'learned' (mct_jax.labels)
-    label_epoch: float | None = None   # expert epoch that labels; None: teacher max_start,
-                                       # learned the last (K)
-    label_expert: int = 0         # the expert of teacher labels and of 'correct' images
-    label_temperature: float = 1.0
-    lr_labels: float = 2.0        # learned labels: SGD lr (DATM's lr_y) ...
-    labels_momentum: float = 0.9  # ... and momentum
-    min_start_epoch: float = 0.0  # starts are drawn from [min_start, upper bound]; the bound
-    max_start_epoch_final: float | None = None  # grows from max_start_epoch to this ...
-    window_iterations: int = 0    # ... over these iterations (DATM's expansion_end_epoch)
-    image_optimizer: str = 'sgd'  # 'sgd' (momentum 0.5) or 'adam' (the MCT release's option)
-    lr_img_decay_every: int = 0   # halve (x lr_img_decay_rate) lr_img every this many updates
-    lr_img_decay_rate: float = 0.5
-    freeze_lr: bool = False       # keep the student lr at its initial value
-    image_init: str | None = None  # 'real', 'noise' or 'correct'; None: correct for learned
-                                   # labels, else real
-
-
-# Settings added after runs were written, with the behaviour those runs had: a run folder
-# without them resumes as if it had them.
-TOOLBOX_DEFAULTS = {k: Settings._field_defaults[k] for k in Settings._fields
-                    if Settings._fields.index(k) > Settings._fields.index('seed')}
-IMAGE_INITS = ('real', 'noise', 'correct')
-IMAGE_OPTIMIZERS = ('sgd', 'adam')
-
-# Every check of a distillation setting on its own; those that relate settings to each
-# other, to the experts or to the data are in check_settings.
-RULES = (
-    Rule('ipc', lambda v: v >= 1, rules.AT_LEAST_1),
-    Rule('syn_steps', lambda v: v >= 1, rules.AT_LEAST_1),
-    Rule('num_samples', lambda v: v >= 1, rules.AT_LEAST_1),
-    Rule('expert_epochs', lambda v: v > 0, rules.POSITIVE),
-    Rule('residual_budget_gb', lambda v: v >= 0,
-         'must be >= 0 (0: always recompute, as --remat)'),
-    Rule('lr_img', lambda v: v > 0, rules.POSITIVE),
-    Rule('lr_lr', lambda v: v > 0, rules.POSITIVE),
-    Rule('lr_teacher', lambda v: v > 0, rules.POSITIVE),
-    Rule('labels', lambda v: v in soft_labels.KINDS,
-         f'is not one of {", ".join(soft_labels.KINDS)}'),
-    Rule('label_temperature', lambda v: v > 0, rules.POSITIVE),
-    Rule('lr_labels', lambda v: v > 0, rules.POSITIVE),
-    Rule('labels_momentum', lambda v: 0 <= v < 1, 'must lie in [0, 1)'),
-    Rule('label_expert', lambda v: v >= 0, 'must be >= 0'),
-    Rule('min_start_epoch', lambda v: v >= 0, 'must be >= 0'),
-    Rule('image_optimizer', lambda v: v in IMAGE_OPTIMIZERS,
-         f'is not one of {", ".join(IMAGE_OPTIMIZERS)}'),
-    Rule('lr_img_decay_every', lambda v: v >= 0, 'must be >= 0 (0: no decay)'),
-    Rule('lr_img_decay_rate', lambda v: 0 < v <= 1, 'must lie in (0, 1]'),
-    Rule('image_init', lambda v: v is None or v in IMAGE_INITS,
-         f'is not one of {", ".join(IMAGE_INITS)}'),
-)
 
 
 # ----------------------------------------------------------------------------- pieces
