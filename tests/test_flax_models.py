@@ -157,6 +157,7 @@ def test_a_flax_student_gives_the_meta_gradient_of_finite_differences():
         y = jnp.arange(9) % 3
         options = rollout.RolloutOptions(num_steps=4, batch_size=9)
 
+        @jax.jit
         def loss(lr):
             syn = {'images': x, 'lr': lr}
             return rollout.meta_loss(syn, y, start, target, jax.random.key(2), net, options)

@@ -90,10 +90,11 @@ def test_both_convolution_forms_give_the_same_logits(name, shape):
     only (about 1e-6 of the logits); a wrong stride, padding or patch order moves them by
     order 1. (Float32 because XLA:CPU has no fast float64 convolution.)"""
     a, b = (models.get(name, shape, 10, conv=form) for form in ('im2col', 'lax'))
-    params = a.init(jax.random.key(0))
+    # jitted: one program each instead of an eager dispatch per layer
+    params = jax.jit(a.init)(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (2,) + shape)
-    want = b.apply(params, x)
-    np.testing.assert_allclose(a.apply(params, x), want, rtol=1e-5,
+    want = jax.jit(b.apply)(params, x)
+    np.testing.assert_allclose(jax.jit(a.apply)(params, x), want, rtol=1e-5,
                                atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
