@@ -3,6 +3,7 @@ best tricks.
 
     python experiments/study_cifar10.py                   # the whole plan; reruns reuse runs
     python experiments/study_cifar10.py --report_only     # rebuild the report from the JSON
+    python experiments/study_cifar10.py --parts=rescore   # soft-label scores as defined
     python experiments/study_cifar10.py --scale=smoke --work=/tmp/s --out=/tmp/s/results
 
 The scale of ``experiments/cifar10_local.cfg`` (width-32 ConvNet, the first 500 training
@@ -17,7 +18,10 @@ images of each class, the last 50 of each class held out as a validation split, 
 3. the paper's Table 2: continuous against integer starts with 1, 2 and 5 experts;
 4. cross-architecture evaluation (ConvNet, AlexNet, VGG11, ResNet18) of each ipc-10 arm's
    best set, and DD-Ranking's IOR, HLR and LRS of its ConvNet;
-5. the report: ``study_cifar10.md``, ``.json`` and plots in ``--out``, from the per-run JSON
+5. ``--parts=rescore``: the soft-label arms' ConvNet scores under DD-Ranking's definitions,
+   for cross files scored before ``evaluate --report`` followed them (the set distilled
+   again from its recorded command when its folder is gone, and checked against the record);
+6. the report: ``study_cifar10.md``, ``.json`` and plots in ``--out``, from the per-run JSON
    files in ``--out/runs`` (committed, so the report rebuilds without rerunning).
 
 Every best set is chosen on the validation split; the test accuracy is only reported. The
@@ -40,6 +44,8 @@ REPO = os.path.dirname(HERE)
 PRESET = os.path.join(HERE, 'cifar10_local.cfg')
 sys.path[:0] = [REPO, HERE]   # this checkout's mct_jax, installed or not
 from experiment_tools import cifar10_flags, curve_summary, log, run_command  # noqa: E402
+
+from mct_jax import monitor  # noqa: E402
 
 # name: (ipc, extra flags, expert folder: 'plain' or 'smoothed', label)
 ARMS = {
@@ -196,9 +202,9 @@ def run_name(arm: str, seed: int) -> str:
     return f'{arm}_s{seed}'
 
 
-def stage_run(scale, work, out, arm: str, seed: int) -> dict:
-    """One distillation run, its per-run JSON (reused when present)."""
-    path = os.path.join(out, 'runs', f'{run_name(arm, seed)}.json')
+def _run_args(scale, work, arm: str, seed: int) -> tuple[list[str], list[str], str]:
+    """The distillation flags of one run, the command recorded for it (without where the
+    data lies) and its run folder."""
     ipc, extra, experts, _ = ARMS[arm]
     run_dir = os.path.join(work, 'runs', run_name(arm, seed))
     expert_dir = os.path.join(work, 'experts' if experts == 'plain' else 'experts_smoothed')
@@ -210,6 +216,14 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
              '--progress=log'])
     command = ['python', '-m', 'mct_jax.distill'] + [a.replace(REPO + os.sep, '') for a in args
                                                      if a not in DATA_LOCATION]
+    return args, command, run_dir
+
+
+def stage_run(scale, work, out, arm: str, seed: int) -> dict:
+    """One distillation run, its per-run JSON (reused when present)."""
+    path = os.path.join(out, 'runs', f'{run_name(arm, seed)}.json')
+    ipc = ARMS[arm][0]
+    args, command, run_dir = _run_args(scale, work, arm, seed)
     if os.path.isfile(path):
         with open(path) as f:
             done = json.load(f)
@@ -225,7 +239,6 @@ def stage_run(scale, work, out, arm: str, seed: int) -> dict:
     run_command(['-m', 'mct_jax.distill', *args],
                 os.path.join(work, 'logs', f'{run_name(arm, seed)}.log'))
     wall = time.time() - t0
-    from mct_jax import monitor
     evals, steps = monitor.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
     its = [e['iteration'] for e in evals]
     test = [e['eval']['mean'] for e in evals]
@@ -289,6 +302,55 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
         with open(path) as f:
             results[arm] = json.load(f)
     return results
+
+
+def stage_rescore(scale, work, out, cross: dict, runs: dict) -> dict:
+    """ConvNet scores of the soft-label arms under DD-Ranking's definitions (HLR from the
+    set's images trained with hard labels; the random real images labelled as the set's
+    labels start), for cross files scored before `evaluate --report` followed them.
+
+    The scored set is distilled again from its recorded command when its folder is gone,
+    and its accuracy at every evaluation is compared with the recorded run (same seed, same
+    result); then the scores command of the plan runs on it and replaces the cross file's
+    ConvNet scores, the cross-architecture cells and the rerun's comparison kept beside."""
+    for arm, c in cross.items():
+        if not soft_labels(arm) or 'protocol' in c['convnet_scores'].get('scores', {}):
+            continue
+        recorded = runs[c['set']]
+        args, command, run_dir = _run_args(scale, work, arm, recorded['seed'])
+        if command != recorded['command']:
+            raise SystemExit(f'error: {c["set"]} was run with `{" ".join(recorded["command"])}`'
+                             f', which this plan no longer gives; rescore it at its own scale.')
+        t0 = time.time()
+        if not os.path.isfile(os.path.join(run_dir, 'best.npz')):
+            log(f'{arm}: distilling {c["set"]} again to rescore it')
+            run_command(['-m', 'mct_jax.distill', *args],
+                        os.path.join(work, 'logs', f'rescore_{c["set"]}.log'))
+        evals, _ = monitor.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+        rerun = [e['eval']['mean'] for e in evals]
+        log(f'{arm}: scoring {c["set"]}')
+        scores = json.loads(run_command(
+            ['-m', 'mct_jax.evaluate', f'--synthetic={run_dir}', *scale['scores'],
+             f'--report_dir={work}/scores/{arm}', f'--baseline_cache={work}/baselines',
+             '--progress=log'],
+            os.path.join(work, 'logs', f'rescore_{arm}.log')))
+        with open(os.path.join(work, 'scores', arm, 'cross_architecture.json')) as f:
+            note = json.load(f).get('scores_note', '')
+        c['scored_before_soft_label_definitions'] = c['convnet_scores']
+        c['convnet_scores'] = scores['convnet']
+        # 'soft labels: ... labelled as the set is (<scheme>), as DD-Ranking defines them'
+        c['random_labels'] = note[note.find('(') + 1:note.rfind(')')] or None
+        c['rescored'] = {
+            'recorded_test_mean': recorded['test_mean'], 'rerun_test_mean': rerun,
+            'max_abs_difference': max((abs(a - b) for a, b in
+                                       zip(rerun, recorded['test_mean'])), default=None),
+            'seconds': time.time() - t0}
+        with open(os.path.join(out, 'cross', f'{arm}.json'), 'w') as f:
+            json.dump(c, f, indent=1)
+        log(f'{arm}: IOR {scores["convnet"]["scores"]["IOR"]:.2f}, HLR '
+            f'{scores["convnet"]["scores"]["HLR"]:.2f}, LRS '
+            f'{scores["convnet"]["scores"]["LRS"]:.2f}')
+    return cross
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -421,9 +483,11 @@ def soft_labels(arm: str) -> bool:
     return '--labels=learned' in ARMS[arm][1]
 
 
-def _score_notes(cross: dict, flagged: list, withheld: list, flags: list[str]) -> list[str]:
+def _score_notes(cross: dict, flagged: list, withheld: list, flags: list[str],
+                 soft: list = ()) -> list[str]:
     """What the score columns and flagged cells rest on: each baseline's recipe, the cells at
-    chance, and the rows whose scores are withheld."""
+    chance, the soft-label rows' baselines (and their rerun, when they were rescored), and
+    the rows whose scores are withheld."""
     scored = [c['convnet_scores'] for a, c in cross.items() if not soft_labels(a)]
     out = []
     if scored:
@@ -450,6 +514,25 @@ def _score_notes(cross: dict, flagged: list, withheld: list, flags: list[str]) -
                 f"the set. `python -m mct_jax.evaluate --synthetic=RUN --models={a} "
                 f"--num_eval=3` on a kept set tells a stalled network from a set that fails "
                 f"{a}."]
+    for arm in soft:
+        c = cross[arm]
+        s, again = c['convnet_scores'], c.get('rescored')
+        text = (f"{ARMS[arm][3]}: scored as DD-Ranking defines it for soft labels. HLR takes "
+                f"the set's images trained with hard labels "
+                f"({s['hard_labels']['mean']:.2f} %, against {s['test']['mean']:.2f} % with "
+                f"the set's own labels); IOR takes random real images labelled as the set's "
+                f"labels start ({c.get('random_labels') or 'the same label scheme'}; "
+                f"{s['random']['mean']:.2f} %).")
+        if again:
+            same = again['max_abs_difference']
+            text += (" The set was first scored before `evaluate --report` followed these "
+                     "definitions, so it was distilled again from its recorded command ("
+                     + ('the same test accuracy at every evaluation as the recorded run'
+                        if same == 0 else f'test accuracy at every evaluation within '
+                        f'{same:.2f} points of the recorded run')
+                     + ") and scored again (`python experiments/study_cifar10.py "
+                     "--parts=rescore`); the earlier scores are kept in its cross file.")
+        out += ['', text]
     if withheld:
         names = ', '.join(ARMS[a][3] for a in withheld)
         out += ['', f"Scores withheld ({names}): these soft-label sets were scored before "
@@ -586,7 +669,7 @@ def write_report(study: dict, out: str) -> str:
                   '|' + '---|' * (len(archs) + 4)]
         nets = study.get('cross_nets')
         cross = {arm: cross[arm] for arm in MAIN if arm in cross}
-        flagged, withheld = [], []
+        flagged, withheld, rescored = [], [], []
         for arm, c in cross.items():
             cells = []
             for a in archs:
@@ -597,10 +680,11 @@ def write_report(study: dict, out: str) -> str:
                     flagged.append((arm, a, r['test']))
                 cells.append(cell)
             sc = c['convnet_scores']['scores']
-            if soft_labels(arm):
+            if soft_labels(arm) and 'protocol' not in sc:   # scored before the definitions
                 withheld.append(arm)
                 score_cells = ' | '.join(['withheld'] * 3)
             else:
+                rescored += [arm] if soft_labels(arm) else []
                 score_cells = f"{sc['IOR']:.2f} | {sc['HLR']:.2f} | {sc['LRS']:.2f}"
             lines.append(f"| {ARMS[arm][3]} ({c['set']}) | " + ' | '.join(cells) +
                          f' | {score_cells} |')
@@ -610,7 +694,8 @@ def write_report(study: dict, out: str) -> str:
                   '`fold_in(key, i)`, so the first networks of a larger evaluation are the same '
                   'networks); IOR and HLR in points of accuracy, LRS in percent, from 3 '
                   'ConvNets (docs/evaluation.md).']
-        lines += _score_notes(cross, flagged, withheld, study.get('scores_flags', []))
+        lines += _score_notes(cross, flagged, withheld, study.get('scores_flags', []),
+                              rescored)
         spread = [(max(acc) - min(acc), a, arm, acc) for arm, c in cross.items()
                   for a, r in c['architectures'].items()
                   if len(acc := r['test'].get('all', [])) > 1]
@@ -756,6 +841,8 @@ def main(argv=None):
         cross = stage_cross(scale, args.work, args.out, runs)
     else:
         cross = _read_results(os.path.join(args.out, 'cross'), 'arm')
+    if not args.report_only and 'rescore' in args.parts.split(','):
+        cross = stage_rescore(scale, args.work, args.out, cross, runs)
     if not os.path.isfile(experts_json):
         sys.exit(f'error: {experts_json} is missing, so {args.out} holds no study to report '
                  f'on; run the study without --report_only first (or point --out at one).')

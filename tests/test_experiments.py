@@ -142,6 +142,14 @@ def test_study_report_from_run_files(study, tmp_path):
                                                'resnet18': {'test': {'mean': 14.9, 'std': 0.0},
                                                             'seconds': 1.0}},
                              'convnet_scores': scores}}
+    # a soft-label set scored again under the definitions, after its rerun
+    rescored = dict(scores, scores={'IOR': 5.0, 'HLR': 21.0, 'LRS': 40.0, 'protocol': 'mct_jax'},
+                    hard_labels={'mean': 32.0, 'std': 0.5, 'all': [31.5, 32.0, 32.5]})
+    cross['mtt_learned'] = {
+        'arm': 'mtt_learned', 'set': 'mtt_learned_s1', 'seconds': 1.0,
+        'architectures': {'convnet': {'test': {'mean': 33.5, 'std': 0.0}, 'seconds': 1.0}},
+        'convnet_scores': rescored, 'random_labels': 'learned (the experts at epoch 3)',
+        'rescored': {'max_abs_difference': 0.0}}
     md = study.write_report({'runs': runs, 'cross': cross, 'scale_text': 'tiny',
                              'experts': {'wall_seconds': 60.0, 'num_experts': 2, 'epochs': 3,
                                          'final_test_accuracy': [30.0, 31.0]}, 'cut': '',
@@ -156,6 +164,15 @@ def test_study_report_from_run_files(study, tmp_path):
     assert ('| MCT, learned soft labels (mct_learned_s0) | 34.00 +- 0.00 | 14.90 +- 0.00 '
             '(chance) | withheld | withheld | withheld |') in md
     assert 'Scores withheld (MCT, learned soft labels)' in md
+    assert ('| MTT, learned soft labels (mtt_learned_s1) | 33.50 +- 0.00 | - | 5.00 | 21.00 '
+            '| 40.00 |') in md
+    assert ("MTT, learned soft labels: scored as DD-Ranking defines it for soft labels. HLR "
+            "takes the set's images trained with hard labels (32.00 %, against 33.00 % with the "
+            "set's own labels); IOR takes random real images labelled as the set's labels start "
+            "(learned (the experts at epoch 3); 23.00 %). The set was first scored before "
+            "`evaluate --report` followed these definitions, so it was distilled again from "
+            "its recorded command (the same test accuracy at every evaluation as the recorded "
+            "run)") in md
     # 14.9 % is within 5 points of CIFAR-10's 10 % chance: flagged and explained; 25 % is not
     assert '(chance): resnet18 on the set of MCT, learned soft labels reaches 14.90 %' in md
     assert '25.00 +- 1.00 (chance)' not in md
