@@ -45,7 +45,7 @@ PRESET = os.path.join(HERE, 'cifar10_local.cfg')
 sys.path[:0] = [REPO, HERE]   # this checkout's mct_jax, installed or not
 from experiment_tools import cifar10_flags, curve_summary, log, run_command  # noqa: E402
 
-from mct_jax import monitor  # noqa: E402
+from mct_jax import checkpoint, expert_store, interop, monitor  # noqa: E402
 
 # name: (ipc, extra flags, expert folder: 'plain' or 'smoothed', label)
 ARMS = {
@@ -170,7 +170,6 @@ def stage_experts(scale, work) -> dict:
     run_command(['-m', 'mct_jax.expert', *_data(scale), f'--expert_dir={plain}',
                  f'--num_experts={scale["experts"]}', f'--train_epochs={scale["epochs"]}',
                  '--save_full_trajectory'], os.path.join(work, 'logs', 'experts.log'))
-    from mct_jax import checkpoint, expert_store, interop
     folders = expert_store.list_experts(plain)
     config = dict(expert_store.read_config(plain),
                   anchors=[int(a) for a in scale['smoothed'].split(',')], smooth_anchors=True,
@@ -304,6 +303,21 @@ def stage_cross(scale, work, out, runs: dict) -> dict:
     return results
 
 
+def _max_difference(a, b) -> float | None:
+    return max((abs(x - y) for x, y in zip(a, b)), default=None)
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _expert_accuracies(folder: str) -> list[float]:
+    """Final test accuracy (%) of each expert in ``folder``."""
+    return [100 * checkpoint.read_json(os.path.join(f, 'meta.json'))['test_acc'][-1]
+            for f in expert_store.list_experts(folder)]
+
+
 def stage_rescore(scale, work, out, cross: dict, runs: dict) -> dict:
     """ConvNet scores of the soft-label arms under DD-Ranking's definitions (HLR from the
     set's images trained with hard labels; the random real images labelled as the set's
@@ -342,8 +356,10 @@ def stage_rescore(scale, work, out, cross: dict, runs: dict) -> dict:
         c['random_labels'] = note[note.find('(') + 1:note.rfind(')')] or None
         c['rescored'] = {
             'recorded_test_mean': recorded['test_mean'], 'rerun_test_mean': rerun,
-            'max_abs_difference': max((abs(a - b) for a, b in
-                                       zip(rerun, recorded['test_mean'])), default=None),
+            'max_abs_difference': _max_difference(rerun, recorded['test_mean']),
+            'experts_max_abs_difference': _max_difference(
+                _expert_accuracies(os.path.join(work, 'experts')),
+                _read_json(os.path.join(out, 'experts.json'))['final_test_accuracy']),
             'seconds': time.time() - t0}
         with open(os.path.join(out, 'cross', f'{arm}.json'), 'w') as f:
             json.dump(c, f, indent=1)
@@ -525,11 +541,15 @@ def _score_notes(cross: dict, flagged: list, withheld: list, flags: list[str],
                 f"{s['random']['mean']:.2f} %).")
         if again:
             same = again['max_abs_difference']
+            experts = again.get('experts_max_abs_difference')
             text += (" The set was first scored before `evaluate --report` followed these "
                      "definitions, so it was distilled again from its recorded command ("
                      + ('the same test accuracy at every evaluation as the recorded run'
                         if same == 0 else f'test accuracy at every evaluation within '
                         f'{same:.2f} points of the recorded run')
+                     + ('' if experts is None else
+                        f'; the experts, trained again, end within {experts:.2f} points of '
+                        'the recorded ones')
                      + ") and scored again (`python experiments/study_cifar10.py "
                      "--parts=rescore`); the earlier scores are kept in its cross file.")
         out += ['', text]
