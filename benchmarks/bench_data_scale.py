@@ -24,6 +24,13 @@ recorded as ``launcher_peak_mb``). Rows:
   128 (one epoch and its test accuracy); distillation at CIFAR-10 500 per class, width 32,
   ipc 1, N 20 (the setting measured side by side with the MCT authors' code), cold and
   with a warm compilation cache; evaluation of its 10-image set (5 networks, 100 epochs).
+* **distillation at larger shapes** (width 128, ipc 1): seconds per iteration and student
+  images per second (N x batch / seconds: the rate that scales with the setting) of the
+  default meta-gradient and the update, on CIFAR-10 (real, depth 3, N 20, all 10 images),
+  Tiny ImageNet's shape (depth 4; N 5 on minibatches of 20 of the 200 images) and an
+  ImageNet subset's shape (128 px, depth 5; N 5, all 10 images). N and the minibatch are
+  cut from the presets' to fit a 2-core CPU; memory then counts fewer stored residuals
+  than a preset's run.
 
 Prints a Markdown table and writes JSON (``--out``).
 """
@@ -127,6 +134,59 @@ def child_expert(args) -> None:
                       'images': int(len(ds.y_train)), 'peak_mb': host.peak_resident_mb()}))
 
 
+def child_distill(args) -> None:
+    """Ours: distillation iterations at a dataset's shape (ConvNet of --width and --depth),
+    timed after a warm-up: the synthetic set starts from the first --ipc training images of
+    each class, each iteration takes the default meta-gradient (forward, DSA, the default
+    residual budget) of --steps student steps on minibatches of --batch images, on one
+    device, and applies distill's update; the time is the median of --batches iterations
+    after the first, which compiles (the slower of two). The start and target parameters
+    stand in for an expert's (two initialisations apart): speed and memory do not depend on
+    their values."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from mct_jax import data, distill, models, parallel, rollout
+    ds = data.load_dataset(args.dataset, args.source, args.data_dir)
+    model = models.convnet(ds.image_shape, ds.num_classes, args.width, args.depth)
+    rows = np.concatenate([np.flatnonzero(np.asarray(ds.y_train) == c)[:args.ipc]
+                           for c in range(ds.num_classes)])
+    images = jnp.asarray(ds.prepare(np.asarray(ds.x_train[np.sort(rows)])))
+    labels = jnp.asarray(np.asarray(ds.y_train)[np.sort(rows)])
+    start = model.init(jax.random.key(0))
+    target = jax.tree.map(lambda a, b: a + 0.1 * b, start, model.init(jax.random.key(1)))
+    batch = args.batch or len(labels)
+    meta_grad = parallel.make_meta_grad(model, rollout.RolloutOptions(
+        args.steps, batch, True, residual_budget=distill.Settings().residual_budget_gb * 1e9),
+        devices=jax.local_devices()[:1])
+    tx = distill.make_optimizer(1000.0, 1e-5)
+    update = distill.make_update(tx)
+    syn = {'images': images, 'lr': jnp.float32(0.01)}
+    state = [syn, tx.init(syn)]
+    one = lambda tree: jax.tree.map(lambda a: a[None], tree)
+
+    def iteration(i):
+        syn, opt = state
+        loss, g = meta_grad(syn, labels, one(start), one(target),
+                            one(jax.random.fold_in(jax.random.key(2), i)))
+        syn, opt, _ = update(syn, opt, g, loss)
+        state[:] = jax.block_until_ready((syn, opt))
+    t0 = time.perf_counter()
+    iteration(0)                      # compiles
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(args.batches):
+        t0 = time.perf_counter()
+        iteration(i + 1)
+        times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
+    print(json.dumps({'seconds_per_iteration': seconds, 'first_iteration_seconds': first,
+                      'images_per_second': args.steps * batch / seconds,
+                      'synthetic_images': int(len(labels)), 'batch': batch,
+                      'steps': args.steps,
+                      'peak_mb': host.peak_resident_mb()}))
+
+
 def make_dataset(folder, name, count, size, classes, seed=0):
     """A prepared folder of ``count`` random uint8 images (test split: 1,000)."""
     import numpy as np
@@ -148,7 +208,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--cifar10_dir', default=None, help='real CIFAR-10: train.npz and test.npz')
     p.add_argument('--work', default=None, help='scratch folder (default: a temporary one)')
-    p.add_argument('--rows', default='expert,growth,distill',
+    p.add_argument('--rows', default='expert,growth,distill,distill_scale',
                    help='which rows to measure; the others are kept from --out if it exists')
     p.add_argument('--no_torch', action='store_true')
     p.add_argument('--out', default=os.path.join(HERE, 'results', 'bench_data_scale.json'))
@@ -162,9 +222,13 @@ def main():
     p.add_argument('--count', type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument('--size', type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument('--classes', type=int, default=0, help=argparse.SUPPRESS)
+    for name, default in (('ipc', 1), ('steps', 20), ('batch', 0)):
+        p.add_argument(f'--{name}', type=int, default=default, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child == 'expert':
         return child_expert(args)
+    if args.child == 'distill':
+        return child_distill(args)
     if args.child == 'make':
         make_dataset(args.data_dir, args.dataset, args.count, args.size, args.classes)
         return
@@ -176,7 +240,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix='bench_data_scale_')
     rows = set(args.rows.split(','))
     results = {'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
-               'expert': [], 'growth': [], 'commands': []}
+               'expert': [], 'growth': [], 'commands': [], 'distill_scale': []}
     me = [sys.executable, os.path.abspath(__file__)]
 
     def generated(name, dataset, count, size, classes):
@@ -289,6 +353,24 @@ def main():
             k: r[k] for k in ('peak_rss_mb', 'sampled_rss_mb', 'peak_anon_mb',
                               'peak_file_mb', 'wall_seconds')}))
 
+    if 'distill_scale' in rows:
+        configs = []
+        if args.cifar10_dir:
+            configs.append(('CIFAR-10 (real), ipc 1', 'cifar10', 'npz', args.cifar10_dir, 3,
+                            1, 20, 0))
+        configs += [
+            ('Tiny ImageNet shape (200 classes, 64x64), ipc 1', 'tiny_imagenet', 'prepared',
+             generated('tiny_distill', 'tiny_imagenet', 2_000, 64, 200), 4, 1, 5, 20),
+            ('ImageNet subset shape (10 classes, 128x128), ipc 1', 'imagenette', 'prepared',
+             generated('subset_distill', 'imagenette', 1_000, 128, 10), 5, 1, 5, 0)]
+        for label, dataset, source, folder, depth, ipc, steps, batch in configs:
+            print(f'distillation: {label} ...', file=sys.stderr, flush=True)
+            r = run_child(me + ['--child=distill', f'--dataset={dataset}', f'--source={source}',
+                                f'--data_dir={folder}', f'--depth={depth}', f'--ipc={ipc}',
+                                f'--steps={steps}', f'--batch={batch}', '--batches=2'])
+            results['distill_scale'].append(dict(r, data=label, depth=depth, width=128))
+            print(json.dumps(results['distill_scale'][-1]), file=sys.stderr, flush=True)
+
     results['machine']['launcher_peak_mb'] = host.peak_resident_mb()
     if os.path.isfile(args.out):   # rows not run this time are kept from the file
         with open(args.out) as f:
@@ -349,6 +431,16 @@ def table(results) -> str:
                   f"anonymous, {r['at_imagenet_1k_mb']:.0f} MiB peak (the float32 training "
                   f"split alone would be {IMAGENET_1K * 64 * 64 * 3 * 4 / 2**30:.0f} GiB).",
                   '']
+    if results.get('distill_scale'):
+        lines += ['| distillation, width 128 | depth | N x batch | s / iteration | student '
+                  'images/s | first iteration (compiling), s | peak MiB (anon) |',
+                  '|---|---|---|---|---|---|---|']
+        for r in results['distill_scale']:
+            lines.append(f"| {r['data']} | {r['depth']} | {r['steps']} x {r['batch']} | "
+                         f"{r['seconds_per_iteration']:.1f} | {r['images_per_second']:.1f} | "
+                         f"{r['first_iteration_seconds']:.0f} | {r['peak_rss_mb']:.0f} "
+                         f"({r['peak_anon_mb']:.0f}) |")
+        lines.append('')
     if results.get('commands'):
         lines += ['| command (no compilation cache unless said) | peak MiB | seconds |',
                   '|---|---|---|']
