@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,9 +141,10 @@ def child_distill(args) -> None:
     each class, each iteration takes the default meta-gradient (forward, DSA, the default
     residual budget) of --steps student steps on minibatches of --batch images, on one
     device, and applies distill's update; the time is the median of --batches iterations
-    after the first, which compiles (the slower of two). The start and target parameters
-    stand in for an expert's (two initialisations apart): speed and memory do not depend on
-    their values."""
+    after two untimed ones (the first compiles, and the second compiles the meta-gradient
+    once more for the set the update returns). The start and target parameters stand in for
+    an expert's (two initialisations apart): speed and memory do not depend on their
+    values."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -174,13 +176,17 @@ def child_distill(args) -> None:
     t0 = time.perf_counter()
     iteration(0)                      # compiles
     first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    iteration(1)   # the set the update returns has its own layout: compiled once more
+    second = time.perf_counter() - t0
     times = []
     for i in range(args.batches):
         t0 = time.perf_counter()
-        iteration(i + 1)
+        iteration(i + 2)
         times.append(time.perf_counter() - t0)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = statistics.median(times)
     print(json.dumps({'seconds_per_iteration': seconds, 'first_iteration_seconds': first,
+                      'second_iteration_seconds': second,
                       'images_per_second': args.steps * batch / seconds,
                       'synthetic_images': int(len(labels)), 'batch': batch,
                       'steps': args.steps,
@@ -367,7 +373,7 @@ def main():
             print(f'distillation: {label} ...', file=sys.stderr, flush=True)
             r = run_child(me + ['--child=distill', f'--dataset={dataset}', f'--source={source}',
                                 f'--data_dir={folder}', f'--depth={depth}', f'--ipc={ipc}',
-                                f'--steps={steps}', f'--batch={batch}', '--batches=2'])
+                                f'--steps={steps}', f'--batch={batch}', '--batches=3'])
             results['distill_scale'].append(dict(r, data=label, depth=depth, width=128))
             print(json.dumps(results['distill_scale'][-1]), file=sys.stderr, flush=True)
 
