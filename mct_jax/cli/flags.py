@@ -113,19 +113,20 @@ _DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.D
            str: flags.DEFINE_string}
 
 
-def _define_setting(name: str) -> None:
+def _define_setting(name: str, hints: dict) -> None:
     default = _FLAG_DEFAULTS.get(name, distill.Settings._field_defaults[name])
     if name in distill.CHOICES:
         flags.DEFINE_enum(name, default, list(distill.CHOICES[name]), distill.HELP[name])
         return
-    hint = typing.get_type_hints(distill.Settings)[name]
+    hint = hints[name]
     kind = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
     _DEFINE[kind](name, default, distill.HELP[name])
 
 
+_hints = typing.get_type_hints(distill.Settings)
 for _name in distill.Settings._fields:
     if _name not in _SHARED:
-        _define_setting(_name)
+        _define_setting(_name, _hints)
 flags.DEFINE_float('lr_syn_init', None, 'Initial learned student lr (the reference syn_lr '
                    'init); default --lr_teacher. Lets one flagfile train experts at lr_teacher '
                    'and start the learned lr elsewhere.')
