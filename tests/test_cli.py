@@ -381,3 +381,31 @@ def test_flag_glossary_lists_every_flag():
     missing = [n for n in names if f'| `--{n}` |' not in glossary]
     assert not missing and len(names) > 40, missing
     assert glossary == cli_flags.glossary(), 'docs/flags.md is stale: regenerate it (see its head)'
+
+
+def test_commands_start_with_the_xla_flags_this_jaxlib_knows(monkeypatch):
+    from mct_jax.cli import app
+    emitters = '--xla_cpu_use_fusion_emitters=false'
+    assert emitters not in app.xla_flags(jaxlib_version='0.5.3')   # before the flag existed
+    for version in ('0.6.0', '0.7.0rc1', '0.10.2'):
+        assert emitters in app.xla_flags(jaxlib_version=version)
+    assert app.xla_flags(['--own=1'], '0.10.2') == [emitters, '--own=1']
+    # The user's own setting of a flag stays; the others are added after the user's.
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
+                       '--xla_cpu_use_fusion_emitters=true')
+    app.add_xla_flags(app.xla_flags(['--xla_cpu_enable_fast_math=false'], '0.10.2'))
+    assert os.environ['XLA_FLAGS'].split() == [
+        '--xla_force_host_platform_device_count=2', '--xla_cpu_use_fusion_emitters=true',
+        '--xla_cpu_enable_fast_math=false']
+
+
+def test_the_installed_jaxlib_accepts_every_commands_xla_flags():
+    # XLA ends a process whose XLA_FLAGS name a flag it does not know; this one compiles a
+    # program with the expert command's flags, the longest list.
+    code = ('import os; from mct_jax.cli import app; from mct_jax.expert import __main__ as e; '
+            'os.environ["XLA_FLAGS"] = " ".join(app.xla_flags(e.XLA_FLAGS)); '
+            'import jax; print(jax.jit(lambda x: x + 1)(1), os.environ["XLA_FLAGS"])')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         cwd=REPO, env=dict(os.environ, XLA_FLAGS=''))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == '2' and 'fusion_emitters=false' in out.stdout

@@ -76,6 +76,32 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
         jax.distributed.initialize()
 
 
+# XLA settings every command starts JAX with, each with the first jaxlib that knows it (XLA
+# stops a process whose XLA_FLAGS name a flag it does not know). XLA:CPU's fusion emitters,
+# its default from jaxlib 0.6 on, take 0.1-0.2 GB more memory to compile our programs than
+# the emitters before them, and the code they produce is no faster (docs/benchmarks.md,
+# "Compiling"). Other backends ignore the flag.
+XLA_FLAGS = (('--xla_cpu_use_fusion_emitters=false', (0, 6)),)
+
+
+def _version(text: str) -> tuple:
+    parts = []
+    for part in text.split('.')[:3]:
+        digits = ''.join(c for c in part if c.isdigit())   # '0rc1' -> 0
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def xla_flags(command_flags=(), jaxlib_version: str | None = None) -> list[str]:
+    """The XLA flags a command starts with: every command's (:data:`XLA_FLAGS`) that this
+    jaxlib knows, then the command's own ``command_flags``."""
+    if jaxlib_version is None:
+        import jaxlib.version
+        jaxlib_version = jaxlib.version.__version__
+    have = _version(jaxlib_version)
+    return [flag for flag, since in XLA_FLAGS if have >= since] + list(command_flags)
+
+
 def add_xla_flags(flags) -> None:
     """Adds XLA flags to ``XLA_FLAGS`` (before JAX starts its backends), each unless the
     user's environment sets that flag already."""
@@ -86,11 +112,12 @@ def add_xla_flags(flags) -> None:
         os.environ['XLA_FLAGS'] = ' '.join([current] + extra).strip()
 
 
-def run(main, xla_flags=()) -> None:
+def run(main, command_xla_flags=()) -> None:
     """``app.run(main)``, printing ``error: <message>`` and exiting with status 2 on a user
-    error (bad flag values, missing or corrupt files, numerical faults). ``xla_flags`` are
-    the command's XLA settings (:func:`add_xla_flags`)."""
-    add_xla_flags(xla_flags)
+    error (bad flag values, missing or corrupt files, numerical faults).
+    ``command_xla_flags`` are the command's own XLA settings, added to every command's
+    (:func:`xla_flags`) unless the user's ``XLA_FLAGS`` set them."""
+    add_xla_flags(xla_flags(command_xla_flags))
 
     def wrapped(argv):
         if len(argv) > 1:
