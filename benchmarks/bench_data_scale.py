@@ -20,10 +20,11 @@ recorded as ``launcher_peak_mb``). Rows:
 * **growth with the dataset**: ours at ImageNet-1K's shape (64x64, 1,000 classes, depth 4)
   on 25,000 / 50,000 / 100,000 generated images, the peak's growth per image fitted and
   extrapolated to ImageNet-1K's 1,281,167 images.
-* **the commands**, cold unless said (no compilation cache): expert training on full CIFAR-10 at width
-  128 (one epoch and its test accuracy); distillation at CIFAR-10 500 per class, width 32,
-  ipc 1, N 20 (the setting measured side by side with the MCT authors' code), cold and
-  with a warm compilation cache; evaluation of its 10-image set (5 networks, 100 epochs).
+* **the commands**, cold unless said (no compilation cache): expert training on full
+  CIFAR-10 at width 128 (one epoch and its test accuracy); distillation at CIFAR-10 500
+  per class, width 32, ipc 1, N 20 (the setting measured side by side with the MCT
+  authors' code), cold and with a warm compilation cache; evaluation of its 10-image set
+  (5 networks, 100 epochs).
 * **distillation at larger shapes** (width 128, ipc 1): seconds per iteration and student
   images per second (N x batch / seconds: the rate that scales with the setting) of the
   default meta-gradient and the update, on CIFAR-10 (real, depth 3, N 20, all 10 images),
@@ -31,6 +32,10 @@ recorded as ``launcher_peak_mb``). Rows:
   ImageNet subset's shape (128 px, depth 5; N 5, all 10 images). N and the minibatch are
   cut from the presets' to fit a 2-core CPU; memory then counts fewer stored residuals
   than a preset's run.
+* **XLA:CPU's emitters** (``--rows=emitters``): the distillation and evaluation commands
+  (cold) and expert training batches at width 128, each twice with XLA's default emitters
+  and twice with the commands' setting (``mct_jax.cli.app.XLA_FLAGS``), alternating: peak
+  memory and seconds (images per second for the batches).
 
 Prints a Markdown table and writes JSON (``--out``).
 """
@@ -161,18 +166,13 @@ def child_distill(args) -> None:
     meta_grad = parallel.make_meta_grad(model, rollout.RolloutOptions(
         args.steps, batch, True, residual_budget=distill.Settings().residual_budget_gb * 1e9),
         devices=jax.local_devices()[:1])
-    tx = distill.make_optimizer(1000.0, 1e-5)
-    update = distill.make_update(tx)
-    syn = {'images': images, 'lr': jnp.float32(0.01)}
-    state = [syn, tx.init(syn)]
+    if REPO not in sys.path:   # the outer iteration as bench_distill times it
+        sys.path.insert(0, REPO)
+    from benchmarks.bench_distill import _iteration
     one = lambda tree: jax.tree.map(lambda a: a[None], tree)
-
-    def iteration(i):
-        syn, opt = state
-        loss, g = meta_grad(syn, labels, one(start), one(target),
-                            one(jax.random.fold_in(jax.random.key(2), i)))
-        syn, opt, _ = update(syn, opt, g, loss)
-        state[:] = jax.block_until_ready((syn, opt))
+    iteration = _iteration(lambda syn, i: meta_grad(
+        syn, labels, one(start), one(target), one(jax.random.fold_in(jax.random.key(2), i))),
+        images, jnp.float32(0.01))
     t0 = time.perf_counter()
     iteration(0)                      # compiles
     first = time.perf_counter() - t0
@@ -246,7 +246,8 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix='bench_data_scale_')
     rows = set(args.rows.split(','))
     results = {'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
-               'expert': [], 'growth': [], 'commands': [], 'distill_scale': []}
+               'expert': [], 'growth': [], 'commands': [], 'distill_scale': [],
+               'emitters': []}
     me = [sys.executable, os.path.abspath(__file__)]
 
     def generated(name, dataset, count, size, classes):
@@ -262,11 +263,14 @@ def main():
         shutil.rmtree(folder, ignore_errors=True)
         return folder
 
-    # The expert command's XLA setting (mct_jax.expert.__main__.XLA_FLAGS), read in a child.
-    expert_env = {'XLA_FLAGS': subprocess.run(
-        [sys.executable, '-c', 'from mct_jax.expert.__main__ import XLA_FLAGS; '
-         'print(" ".join(XLA_FLAGS))'], cwd=REPO, check=True, capture_output=True,
-        text=True).stdout.strip()}
+    # The XLA settings the commands start with (mct_jax.cli.app.xla_flags), read in a child:
+    # the expert command's for the expert rows, every command's for the distillation rows.
+    def command_env(extra):
+        return {'XLA_FLAGS': subprocess.run(
+            [sys.executable, '-c', 'from mct_jax.cli import app; from mct_jax.expert import '
+             f'__main__ as e; print(" ".join(app.xla_flags({extra})))'], cwd=REPO,
+            check=True, capture_output=True, text=True).stdout.strip()}
+    expert_env, distill_env = command_env('e.XLA_FLAGS'), command_env('')
 
     if 'expert' in rows:
         configs = []
@@ -373,9 +377,51 @@ def main():
             print(f'distillation: {label} ...', file=sys.stderr, flush=True)
             r = run_child(me + ['--child=distill', f'--dataset={dataset}', f'--source={source}',
                                 f'--data_dir={folder}', f'--depth={depth}', f'--ipc={ipc}',
-                                f'--steps={steps}', f'--batch={batch}', '--batches=3'])
+                                f'--steps={steps}', f'--batch={batch}', '--batches=3'],
+                          env=distill_env)
             results['distill_scale'].append(dict(r, data=label, depth=depth, width=128))
             print(json.dumps(results['distill_scale'][-1]), file=sys.stderr, flush=True)
+
+    if 'emitters' in rows and args.cifar10_dir:
+        # XLA:CPU's fusion emitters (XLA's default) against the emitters before them (the
+        # commands' setting, mct_jax.cli.app.XLA_FLAGS), alternating, twice each: the
+        # distillation and evaluation commands above, cold, and expert training batches.
+        common = ['--dataset=cifar10', '--data_source=npz', f'--data_dir={args.cifar10_dir}',
+                  '--train_images_per_class=500', '--width=32', '--progress=none',
+                  '--pictures=false', '--tensorboard=false', '--compilation_cache=']
+        experts = os.path.join(work, 'experts32_emitters')
+        if not os.path.isfile(os.path.join(experts, 'config.json')):
+            subprocess.run([sys.executable, '-m', 'mct_jax.expert', *common,
+                            f'--expert_dir={experts}', '--num_experts=2', '--train_epochs=4'],
+                           cwd=REPO, check=True, capture_output=True)
+        xla_default = '--xla_cpu_use_fusion_emitters=true'
+        variants = (("XLA's default", xla_default), ("the commands' setting", ''))
+        for rep in range(2):
+            for variant, flag in variants:
+                run_dir = fresh('distill32_emitters')
+                runs = (
+                    ('distillation (as above, 20 iterations)',
+                     [sys.executable, '-m', 'mct_jax.distill', *common,
+                      f'--expert_dir={experts}', f'--out_dir={run_dir}', '--ipc=1',
+                      '--syn_steps=20', '--expert_epochs=1', '--max_start_epoch=2',
+                      '--lr_lr=1e-07', '--iterations=20', '--eval_every=10', '--num_eval=2',
+                      '--eval_epochs=100'], {}),
+                    ('evaluation of its set (5 networks x 100 epochs)',
+                     [sys.executable, '-m', 'mct_jax.evaluate', f'--synthetic={run_dir}',
+                      '--eval_epochs=100', '--num_eval=5', '--progress=none',
+                      '--compilation_cache='], {}),
+                    ('expert training batches: full CIFAR-10, width 128',
+                     me + ['--child=expert', '--dataset=cifar10', '--source=npz',
+                           f'--data_dir={args.cifar10_dir}', '--depth=3', '--batches=24',
+                           '--group=8'], expert_env))
+                for what, cmd, env in runs:
+                    print(f'{what}, {variant} ...', file=sys.stderr, flush=True)
+                    flags = ' '.join(filter(None, [env.get('XLA_FLAGS', ''), flag]))
+                    r = run_child(cmd, env={'XLA_FLAGS': flags} if flags else None)
+                    results['emitters'].append(dict(
+                        what=what, variant=variant, run=rep, **{
+                            k: r[k] for k in ('peak_rss_mb', 'peak_anon_mb', 'wall_seconds',
+                                              'images_per_second') if k in r}))
 
     results['machine']['launcher_peak_mb'] = host.peak_resident_mb()
     if os.path.isfile(args.out):   # rows not run this time are kept from the file
@@ -452,6 +498,21 @@ def table(results) -> str:
                   '|---|---|---|']
         for c in results['commands']:
             lines.append(f"| {c['what']} | {c['peak_rss_mb']:.0f} | {c['wall_seconds']:.0f} |")
+        lines.append('')
+    if results.get('emitters'):
+        lines += ["| XLA:CPU's emitters | XLA's default: peak MiB | the commands' setting: "
+                  "peak MiB | XLA's default: seconds | the commands' setting: seconds |",
+                  '|---|---|---|---|---|']
+        for what in dict.fromkeys(e['what'] for e in results['emitters']):
+            rs = [e for e in results['emitters'] if e['what'] == what]
+            cell = lambda v, k, f: ' / '.join(f.format(e[k]) for e in rs if e['variant'] == v)
+            rate = 'images_per_second' in rs[0]
+            key, fmt = ('images_per_second', '{:.0f} img/s') if rate else ('wall_seconds',
+                                                                           '{:.0f}')
+            default, ours = "XLA's default", "the commands' setting"
+            lines.append(f"| {what} | {cell(default, 'peak_rss_mb', '{:.0f}')} | "
+                         f"{cell(ours, 'peak_rss_mb', '{:.0f}')} | "
+                         f"{cell(default, key, fmt)} | {cell(ours, key, fmt)} |")
         lines.append('')
     return '\n'.join(lines) + '\n'
 
