@@ -76,11 +76,12 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
         jax.distributed.initialize()
 
 
-# XLA settings every command starts JAX with, each with the first jaxlib that knows it (XLA
-# stops a process whose XLA_FLAGS name a flag it does not know). XLA:CPU's fusion emitters,
-# its default from jaxlib 0.6 on, take 0.1-0.2 GB more memory to compile our programs than
-# the emitters before them, and the code they produce is no faster (docs/benchmarks.md,
-# "Compiling"). Other backends ignore the flag.
+# XLA settings every command starts JAX with, each from a jaxlib that knows it (XLA stops a
+# process whose XLA_FLAGS name a flag it does not know; this one is in jaxlib 0.5.3 and
+# later, not in 0.5.0, and is set from 0.6 on). XLA:CPU's fusion emitters, its default in
+# the jaxlib the project is tested with, take 0.1-0.2 GB more memory to compile our
+# programs than the emitters before them, and the code they produce is no faster
+# (docs/benchmarks.md, "Compiling"). Other backends ignore the flag.
 XLA_FLAGS = (('--xla_cpu_use_fusion_emitters=false', (0, 6)),)
 
 
