@@ -317,13 +317,20 @@ def main():
             results[f'growth_{key}'] = {'per_image_bytes': slope * 2**20,
                                         'at_imagenet_1k_mb': my + slope * (IMAGENET_1K - mx)}
 
+    # The setting run side by side with the MCT authors' code (the 'distill' and 'emitters'
+    # rows): its data and outputs, its experts and its distillation.
+    side_data = ['--dataset=cifar10', '--data_source=npz', f'--data_dir={args.cifar10_dir}',
+                 '--train_images_per_class=500', '--width=32', '--progress=none',
+                 '--pictures=false', '--tensorboard=false', '--compilation_cache=']
+    side_experts = ['--num_experts=2', '--train_epochs=4']
+    side_distill = ['--ipc=1', '--syn_steps=20', '--expert_epochs=1', '--max_start_epoch=2',
+                    '--lr_lr=1e-07', '--iterations=20', '--eval_every=10', '--num_eval=2',
+                    '--eval_epochs=100']
+
     if 'distill' in rows and args.cifar10_dir:
-        common = ['--dataset=cifar10', '--data_source=npz', f'--data_dir={args.cifar10_dir}',
-                  '--train_images_per_class=500', '--width=32', '--progress=none',
-                  '--pictures=false', '--tensorboard=false', '--compilation_cache=',
-                  f'--expert_dir={fresh("experts32")}']
-        subprocess.run([sys.executable, '-m', 'mct_jax.expert', *common, '--num_experts=2',
-                        '--train_epochs=4'], cwd=REPO, check=True, capture_output=True)
+        common = side_data + [f'--expert_dir={fresh("experts32")}']
+        subprocess.run([sys.executable, '-m', 'mct_jax.expert', *common, *side_experts],
+                       cwd=REPO, check=True, capture_output=True)
         run_dir, experts128 = fresh('distill32'), fresh('experts128')
         for label, cmd in (
                 ('expert training: full CIFAR-10, width 128, 1 expert x 1 epoch with its test '
@@ -336,9 +343,7 @@ def main():
                 ('distillation: CIFAR-10 500/class, width 32, ipc 1, N 20, 20 iterations, '
                  'evaluated at 0, 10, 20 (2 networks x 100 epochs)',
                  [sys.executable, '-m', 'mct_jax.distill', *common, f'--out_dir={run_dir}',
-                  '--ipc=1', '--syn_steps=20', '--expert_epochs=1', '--max_start_epoch=2',
-                  '--lr_lr=1e-07', '--iterations=20', '--eval_every=10', '--num_eval=2',
-                  '--eval_epochs=100']),
+                  *side_distill]),
                 ('evaluation of its 10-image set: 5 networks x 100 epochs',
                  [sys.executable, '-m', 'mct_jax.evaluate', f'--synthetic={run_dir}',
                   '--eval_epochs=100', '--num_eval=5', '--progress=none',
@@ -351,9 +356,7 @@ def main():
         # The same distillation with a warm compilation cache: filled by a first run, then
         # measured on a second, each into a fresh folder.
         warm = [a for a in common if not a.startswith('--compilation_cache')] + [
-            f'--compilation_cache={fresh("xla")}', '--ipc=1', '--syn_steps=20',
-            '--expert_epochs=1', '--max_start_epoch=2', '--lr_lr=1e-07', '--iterations=20',
-            '--eval_every=10', '--num_eval=2', '--eval_epochs=100']
+            f'--compilation_cache={fresh("xla")}', *side_distill]
         label = 'the same distillation, warm compilation cache'
         print(f'{label} ...', file=sys.stderr, flush=True)
         for _ in range(2):
@@ -386,13 +389,10 @@ def main():
         # XLA:CPU's fusion emitters (XLA's default) against the emitters before them (the
         # commands' setting, mct_jax.cli.app.XLA_FLAGS), alternating, twice each: the
         # distillation and evaluation commands above, cold, and expert training batches.
-        common = ['--dataset=cifar10', '--data_source=npz', f'--data_dir={args.cifar10_dir}',
-                  '--train_images_per_class=500', '--width=32', '--progress=none',
-                  '--pictures=false', '--tensorboard=false', '--compilation_cache=']
         experts = os.path.join(work, 'experts32_emitters')
         if not os.path.isfile(os.path.join(experts, 'config.json')):
-            subprocess.run([sys.executable, '-m', 'mct_jax.expert', *common,
-                            f'--expert_dir={experts}', '--num_experts=2', '--train_epochs=4'],
+            subprocess.run([sys.executable, '-m', 'mct_jax.expert', *side_data,
+                            f'--expert_dir={experts}', *side_experts],
                            cwd=REPO, check=True, capture_output=True)
         xla_default = '--xla_cpu_use_fusion_emitters=true'
         variants = (("XLA's default", xla_default), ("the commands' setting", ''))
@@ -401,11 +401,8 @@ def main():
                 run_dir = fresh('distill32_emitters')
                 runs = (
                     ('distillation (as above, 20 iterations)',
-                     [sys.executable, '-m', 'mct_jax.distill', *common,
-                      f'--expert_dir={experts}', f'--out_dir={run_dir}', '--ipc=1',
-                      '--syn_steps=20', '--expert_epochs=1', '--max_start_epoch=2',
-                      '--lr_lr=1e-07', '--iterations=20', '--eval_every=10', '--num_eval=2',
-                      '--eval_epochs=100'], {}),
+                     [sys.executable, '-m', 'mct_jax.distill', *side_data,
+                      f'--expert_dir={experts}', f'--out_dir={run_dir}', *side_distill], {}),
                     ('evaluation of its set (5 networks x 100 epochs)',
                      [sys.executable, '-m', 'mct_jax.evaluate', f'--synthetic={run_dir}',
                       '--eval_epochs=100', '--num_eval=5', '--progress=none',
